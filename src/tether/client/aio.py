@@ -1,0 +1,614 @@
+"""The asyncio client: a thin driver around the sans-I/O session and state machine.
+
+It owns the socket (``websockets``), the clock and the timers; every protocol
+decision is made by :class:`~tether.client.session.ClientSession`, and every
+state change goes through :class:`~tether.client.state.StateMachine`'s table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from ..backoff import backoff_delay
+from ..config import ClientConfig, from_env
+from ..errors import (
+    AUTH_FAILURE_CODES,
+    HINTED_CODES,
+    NO_RECONNECT_CODES,
+    ClientClosed,
+    CloseCode,
+    MessageDropped,
+    MessageExpired,
+    NackError,
+    TetherError,
+)
+from ..outbox import Outbox, OutboxItem
+from ..protocol import PROTOCOL_VERSION, Cursor, Gap
+from .session import (
+    ClientSession,
+    Delivery,
+    Event,
+    Resolved,
+    Resync,
+    ServerError,
+    Welcomed,
+)
+from .state import State, StateMachine, Trigger
+
+logger = logging.getLogger("tether.client")
+
+#: Largest hub frame accepted. Hub frames are bounded by what publishers may send
+#: (the hub's ``max_frame_bytes``, 64 KiB by default) plus the envelope; 4 MiB leaves
+#: room for apps that raise that limit while still bounding a hostile hub.
+MAX_INBOUND_FRAME = 4 * 1024 * 1024
+
+MessageHandler = Callable[[Delivery], Awaitable[None] | None]
+ResyncHandler = Callable[[str, list[Gap]], Awaitable[None] | None]
+StateHandler = Callable[[State, State], None]
+ReconnectHandler = Callable[[], Awaitable[None] | None]
+ErrorHandler = Callable[[str, str], None]
+
+
+class ConnectFailed(TetherError):
+    """An attempt did not produce a usable session; ``hint`` overrides backoff if set."""
+
+    def __init__(self, reason: str, *, hint: float | None = None, fatal: bool = False) -> None:
+        super().__init__(reason)
+        self.hint = hint
+        self.fatal = fatal
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMetrics:
+    """A snapshot of the client's health (the fields PRODUCT.md lists)."""
+
+    state: State
+    reconnect_attempts: int
+    total_reconnects: int
+    failed_reconnects: int
+    successful_connects: int
+    heartbeat_failures: int
+    circuit_breaker_trips: int
+    last_heartbeat: float | None
+    is_circuit_open: bool
+    messages_received: int
+    messages_recovered: int
+    duplicates_dropped: int
+    resyncs: int
+    outbox_size: int
+    rtt: float | None
+    next_retry_in: float | None
+    last_error: str | None
+
+
+def parse_close_hint(reason: str) -> float | None:
+    """The ``retry_after_ms`` hint of a 1012/1013 close reason, in seconds."""
+    try:
+        body = json.loads(reason)
+    except ValueError:
+        return None
+    if isinstance(body, dict):
+        value = body.get("retry_after_ms")
+        if isinstance(value, int | float) and 0 <= value <= 3_600_000:
+            return float(value) / 1000
+    return None
+
+
+async def _maybe_await(result: Awaitable[None] | None) -> None:
+    if inspect.isawaitable(result):
+        await result
+
+
+class Client:
+    """A resilient Tether client.
+
+    ``subscribe`` topics with a handler, ``send``/``publish`` through an outbox,
+    and let it reconnect: subscriptions resume from their cursors, loss is
+    reported through ``on_resync``, client messages are retried until acked.
+
+    Options are the fields of :class:`~tether.config.ClientConfig`, given as
+    keywords or ``TETHER_*`` environment variables.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_state_change: StateHandler | None = None,
+        on_reconnect: ReconnectHandler | None = None,
+        on_resync: ResyncHandler | None = None,
+        on_error: ErrorHandler | None = None,
+        config: ClientConfig | None = None,
+        **options: Any,
+    ) -> None:
+        self.url = url
+        self.config = config if config is not None else from_env(ClientConfig, **options)
+        self.on_state_change = on_state_change
+        self.on_reconnect = on_reconnect
+        self.on_resync = on_resync
+        self.on_error = on_error
+        self._machine = StateMachine()
+        self._machine.listen(self._state_changed)
+        self._session = ClientSession(
+            outbox=Outbox(max_size=self.config.outbox_size, policy=self.config.outbox_policy)
+        )
+        self._handlers: dict[str, MessageHandler] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ws: ClientConnection | None = None
+        self._write_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._retry_requested = False
+        self._state_waiters: list[tuple[set[State], asyncio.Future[State]]] = []
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._connected_at = 0.0
+        self._next_attempt_at: float | None = None
+        # Counters (the rest live in the session).
+        self._attempts = 0
+        self._total_reconnects = 0
+        self._failed_reconnects = 0
+        self._successful_connects = 0
+        self._heartbeat_failures = 0
+        self._circuit_trips = 0
+        self._last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Client {self.url} state={self.state.value} attempts={self._attempts} "
+            f"topics={len(self._handlers)} outbox={len(self._session.outbox)}>"
+        )
+
+    # --- public API ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._machine.state
+
+    @property
+    def metrics(self) -> ClientMetrics:
+        c = self._session.counters
+        now = time.monotonic()
+        next_in = None
+        if self._next_attempt_at is not None:
+            next_in = max(0.0, self._next_attempt_at - now)
+        return ClientMetrics(
+            state=self.state,
+            reconnect_attempts=self._attempts,
+            total_reconnects=self._total_reconnects,
+            failed_reconnects=self._failed_reconnects,
+            successful_connects=self._successful_connects,
+            heartbeat_failures=self._heartbeat_failures,
+            circuit_breaker_trips=self._circuit_trips,
+            last_heartbeat=None
+            if c.last_heartbeat is None
+            else time.time() - (now - c.last_heartbeat),
+            is_circuit_open=self.state is State.FAILED,
+            messages_received=c.messages_received,
+            messages_recovered=c.messages_recovered,
+            duplicates_dropped=c.duplicates_dropped,
+            resyncs=c.resyncs,
+            outbox_size=len(self._session.outbox),
+            rtt=c.rtt,
+            next_retry_in=next_in,
+            last_error=self._last_error,
+        )
+
+    def cursor(self, topic: str) -> Cursor | None:
+        """Where ``topic`` stands; persist it and pass it back as ``resume`` after a restart."""
+        return self._session.cursor(topic)
+
+    async def start(self) -> None:
+        """Start connecting in the background (returns at once)."""
+        if self._task is not None:
+            return
+        self._machine.fire(Trigger.START)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="tether-client")
+
+    async def connect(self, *, timeout: float | None = None) -> None:
+        """Start, and wait until connected (``TimeoutError`` after ``timeout`` seconds)."""
+        await self.start()
+        await self.wait_for(State.CONNECTED, timeout=timeout)
+
+    async def wait_for(self, *states: State, timeout: float | None = None) -> State:
+        """Wait until the client is in one of ``states``; returns the state reached."""
+        if self.state in states:
+            return self.state
+        future: asyncio.Future[State] = asyncio.get_running_loop().create_future()
+        entry = (set(states), future)
+        self._state_waiters.append(entry)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        finally:
+            with contextlib.suppress(ValueError):
+                self._state_waiters.remove(entry)
+
+    async def subscribe(
+        self, topic: str, handler: MessageHandler, *, resume: Cursor | None = None
+    ) -> None:
+        """Receive ``topic``'s messages in order, exactly once, in ``handler``.
+
+        ``resume`` starts from a cursor saved earlier (see :meth:`cursor`); without it
+        the subscription starts live.
+        """
+        self._handlers[topic] = handler
+        frame = self._session.subscribe(topic, resume=resume)
+        if frame is not None:
+            await self._write([frame])
+
+    async def unsubscribe(self, topic: str) -> None:
+        self._handlers.pop(topic, None)
+        frame = self._session.unsubscribe(topic)
+        if frame is not None:
+            await self._write([frame])
+
+    async def send(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        key: str | None = None,
+        ttl: float | None = None,
+        wait_ack: bool = True,
+    ) -> Any:
+        """Send ``data`` to the hub's ``event`` handler, effectively once.
+
+        Queued in the outbox (online or not) until acked. With ``wait_ack`` returns
+        the handler's result or raises :class:`NackError`, :class:`MessageExpired`,
+        :class:`MessageDropped` or :class:`ClientClosed`; without, returns a future.
+        Raises :class:`OutboxFull` at once when the outbox refuses it.
+        """
+        item = self._session.make_send(event, data, expires_at=self._expiry(ttl), key=key)
+        return await self._submit(item, wait_ack)
+
+    async def publish(
+        self, topic: str, data: Any = None, *, ttl: float | None = None, wait_ack: bool = True
+    ) -> Any:
+        """Publish to ``topic`` through the hub; the ack's result holds offset and epoch."""
+        item = self._session.make_publish(topic, data, expires_at=self._expiry(ttl))
+        return await self._submit(item, wait_ack)
+
+    def reconnect(self) -> None:
+        """Reconnect now, whatever the state (resets the retry counter and the circuit)."""
+        if self.state is State.CLOSED:
+            raise ClientClosed("client is closed")
+        self._retry_requested = True
+        self._wake.set()
+        if self._ws is not None:
+            self._ws.transport.abort()
+
+    def disconnect(self) -> None:
+        """Drop the current connection as if the network failed (for testing recovery)."""
+        if self._ws is not None:
+            self._ws.transport.abort()
+
+    async def close(self) -> None:
+        """Close for good: the connection with 1000, pending sends with ``ClientClosed``."""
+        if self.state is State.CLOSED:
+            return
+        self._machine.fire(Trigger.CLOSE)
+        self._wake.set()
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(ConnectionClosed, OSError):
+                await ws.close(CloseCode.NORMAL, "client closed")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        for item in self._session.outbox.clear():
+            self._fail(item, ClientClosed("client closed before the hub acknowledged"))
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- outbox plumbing ----------------------------------------------------------------
+
+    def _expiry(self, ttl: float | None) -> float:
+        return time.monotonic() + (self.config.outbox_ttl if ttl is None else ttl)
+
+    async def _submit(self, item: OutboxItem, wait_ack: bool) -> Any:
+        if self.state is State.CLOSED:
+            raise ClientClosed("client is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        item.waiter = future
+        for displaced in self._session.outbox.add(item):
+            self._fail(displaced, MessageDropped(f"message {displaced.id} displaced by policy"))
+        self._schedule_expiry()
+        if self._session.connected:
+            await self._write([])  # flushes the outbox's unsent items in order
+        if wait_ack:
+            return await future
+        future.add_done_callback(_log_unretrieved)
+        return future
+
+    def _fail(self, item: OutboxItem, exc: Exception) -> None:
+        future = item.waiter
+        if isinstance(future, asyncio.Future) and not future.done():
+            future.set_exception(exc)
+
+    def _schedule_expiry(self) -> None:
+        when = self._session.outbox.next_expiry()
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if when is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, when - time.monotonic())
+            self._expiry_timer = loop.call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_timer = None
+        for item in self._session.outbox.expire(time.monotonic()):
+            self._fail(item, MessageExpired(f"message {item.id} expired before it was acked"))
+        self._schedule_expiry()
+
+    # --- connection loop ----------------------------------------------------------------
+
+    def _state_changed(self, old: State, new: State) -> None:
+        logger.info("state %s -> %s", old.value, new.value)
+        for states, future in list(self._state_waiters):
+            if new in states and not future.done():
+                future.set_result(new)
+        if self.on_state_change is not None:
+            try:
+                self.on_state_change(old, new)
+            except Exception:
+                logger.exception("on_state_change callback failed")
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or until reconnect()/close() wakes the loop."""
+        self._wake.clear()
+        self._next_attempt_at = time.monotonic() + delay
+        try:
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._next_attempt_at = None
+
+    def _take_retry(self) -> bool:
+        if not self._retry_requested:
+            return False
+        self._retry_requested = False
+        self._attempts = 0
+        self._machine.fire(Trigger.RETRY)
+        return True
+
+    async def _run(self) -> None:
+        while self.state is not State.CLOSED:
+            if self._take_retry():
+                continue
+            if self.state is State.FAILED:
+                await self._sleep(self.config.circuit_cooldown)
+                if self.state is State.FAILED and not self._retry_requested:
+                    self._machine.fire(Trigger.PROBE)
+                continue
+            if self.state is State.DISCONNECTED:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            delay = await self._attempt()
+            waiting = self.state in (State.RECONNECTING, State.CONNECTING)
+            if delay is not None and waiting and not self._retry_requested:
+                await self._sleep(delay)
+
+    async def _attempt(self) -> float | None:
+        """One attempt (and the session if it opens); returns the delay before the next."""
+        self._attempts += 1
+        try:
+            ws = await self._open()
+        except ConnectFailed as exc:
+            self._last_error = str(exc)
+            logger.info("connect attempt %d failed: %s", self._attempts, exc)
+            if self.state is State.CLOSED:
+                return None
+            self._failed_reconnects += 1
+            if exc.fatal or self._attempts >= self.config.max_attempts:
+                self._trip()
+                return None
+            self._machine.fire(Trigger.ATTEMPT_FAILED)
+            return exc.hint if exc.hint is not None else self._backoff()
+        return await self._serve(ws)
+
+    def _trip(self) -> None:
+        self._circuit_trips += 1
+        self._machine.fire(Trigger.GAVE_UP)
+
+    def _backoff(self) -> float:
+        # Ceiling base after a drop from a stable connection, doubling with each failed attempt.
+        c = self.config
+        return backoff_delay(
+            self._attempts, base=c.backoff_base, factor=c.backoff_factor, cap=c.backoff_cap
+        )
+
+    async def _open(self) -> ClientConnection:
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                ws = await connect(
+                    self.url,
+                    open_timeout=None,
+                    ping_interval=None,  # liveness is the application heartbeat
+                    close_timeout=2,
+                    max_size=MAX_INBOUND_FRAME,
+                    compression=None,
+                    proxy=None,
+                    user_agent_header=f"tether-python/{PROTOCOL_VERSION}",
+                )
+                try:
+                    raw = await ws.recv(decode=False)
+                except ConnectionClosed as exc:
+                    raise self._closed_failure(exc.rcvd.code if exc.rcvd else 1006, exc) from None
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            retry_after = exc.response.headers.get("Retry-After")
+            hint = float(retry_after) if retry_after and retry_after.isdigit() else None
+            raise ConnectFailed(
+                f"handshake refused: HTTP {status}", hint=hint, fatal=status in (401, 403)
+            ) from None
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from None
+        events, _ = self._session.receive(raw, now=time.monotonic())
+        if not any(isinstance(e, Welcomed) for e in events):
+            await ws.close(CloseCode.PROTOCOL_ERROR, "expected welcome")
+            raise ConnectFailed("hub did not start with a welcome frame")
+        welcome = next(e.welcome for e in events if isinstance(e, Welcomed))
+        if welcome.version != PROTOCOL_VERSION:
+            await ws.close(CloseCode.PROTOCOL_ERROR, "unsupported protocol version")
+            raise ConnectFailed(f"hub speaks protocol {welcome.version}", fatal=True)
+        return ws
+
+    def _closed_failure(self, code: int, exc: ConnectionClosed) -> ConnectFailed:
+        reason = exc.rcvd.reason if exc.rcvd else ""
+        hint = parse_close_hint(reason) if code in HINTED_CODES else None
+        return ConnectFailed(
+            f"closed during handshake: {code} {reason}", hint=hint, fatal=code in AUTH_FAILURE_CODES
+        )
+
+    async def _serve(self, ws: ClientConnection) -> float | None:
+        """Run an open connection until it ends; returns the delay before reconnecting."""
+        reconnect = self._machine.ever_connected
+        self._ws = ws
+        self._connected_at = time.monotonic()
+        self._successful_connects += 1
+        if reconnect:
+            self._total_reconnects += 1
+        if self.state is State.CLOSED:
+            await ws.close(CloseCode.NORMAL, "client closed")
+            return None
+        self._machine.fire(Trigger.OPENED)
+        frames = self._session.connection_opened(now=time.monotonic())
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(ws))
+        try:
+            if reconnect and self.on_reconnect is not None:
+                await self._callback(self.on_reconnect)
+            await self._write(frames, ws=ws, flush_outbox=False)
+            while True:
+                raw = await ws.recv(decode=False)
+                events, replies = self._session.receive(raw, now=time.monotonic())
+                if replies:
+                    await self._write(replies, ws=ws, flush_outbox=False)
+                for event in events:
+                    await self._dispatch(event)
+        except ConnectionClosed:
+            pass
+        finally:
+            heartbeat.cancel()
+            self._ws = None
+            self._session.connection_lost()
+        return self._after_close(ws)
+
+    def _after_close(self, ws: ClientConnection) -> float | None:
+        rcvd = ws.protocol.close_rcvd
+        code = rcvd.code if rcvd is not None else 1006
+        reason = rcvd.reason if rcvd is not None else "connection lost"
+        self._last_error = f"{code} {reason}".strip()
+        logger.info("connection closed: %s", self._last_error)
+        if self.state is State.CLOSED or self._retry_requested:
+            return None
+        if time.monotonic() - self._connected_at >= self.config.stable_after:
+            self._attempts = 0
+        if code in AUTH_FAILURE_CODES:
+            self._trip()
+            return None
+        if code in NO_RECONNECT_CODES:
+            self._machine.fire(Trigger.ENDED)
+            return None
+        self._machine.fire(Trigger.DROPPED)
+        if code in HINTED_CODES:
+            hint = parse_close_hint(reason)
+            if hint is not None:
+                return hint
+        return self._backoff()
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        while True:
+            now = time.monotonic()
+            if self._attempts and now - self._connected_at >= self.config.stable_after:
+                self._attempts = 0
+            poll = self._session.poll(now=now)
+            if poll.dead:
+                self._heartbeat_failures += 1
+                logger.warning("heartbeat deadline passed: connection presumed dead")
+                ws.transport.abort()
+                return
+            if poll.frames:
+                await self._write(poll.frames, ws=ws, flush_outbox=False)
+            wake = poll.wake_at
+            if self._attempts:
+                wake = min(wake, self._connected_at + self.config.stable_after)
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+
+    async def _write(
+        self, frames: list[bytes], *, ws: ClientConnection | None = None, flush_outbox: bool = True
+    ) -> None:
+        """Write frames, then any unsent outbox items, in order, on the current connection."""
+        conn = ws if ws is not None else self._ws
+        if conn is None:
+            return
+        async with self._write_lock:
+            pending = list(frames)
+            if flush_outbox or ws is None:
+                pending.extend(self._session.take_unsent())
+            try:
+                for frame in pending:
+                    await conn.send(frame, text=True)
+            except ConnectionClosed:
+                pass  # the reader notices; unsent outbox items are re-sent on reconnect
+
+    async def _dispatch(self, event: Event) -> None:
+        if isinstance(event, Delivery):
+            handler = self._handlers.get(event.topic)
+            if handler is not None:
+                await self._callback(handler, event)
+        elif isinstance(event, Resync):
+            logger.warning("resync %s: missing %s", event.topic, event.missing)
+            if self.on_resync is not None:
+                await self._callback(self.on_resync, event.topic, event.missing)
+        elif isinstance(event, Resolved):
+            future = event.item.waiter
+            if isinstance(future, asyncio.Future) and not future.done():
+                if event.ok:
+                    future.set_result(event.result)
+                else:
+                    future.set_exception(NackError(event.code, event.message, id=event.item.id))
+            self._schedule_expiry()
+        elif isinstance(event, ServerError):
+            logger.warning("hub error %s: %s (ref=%s)", event.code, event.message, event.ref)
+            if self.on_error is not None:
+                self.on_error(event.code, event.message)
+
+    async def _callback(self, fn: Callable[..., Awaitable[None] | None], *args: Any) -> None:
+        try:
+            await _maybe_await(fn(*args))
+        except Exception:
+            # An application callback's bug must not kill the connection or lose the cursor.
+            logger.exception("callback %r failed", fn)
+
+
+def _log_unretrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("unacknowledged send failed: %s", future.exception())
+
+
+__all__ = ["Client", "ClientMetrics", "ConnectFailed", "parse_close_hint"]

@@ -1,0 +1,345 @@
+"""The client's protocol logic, without I/O: frames in, events and frames out.
+
+:class:`ClientSession` owns everything that must survive reconnects: each
+subscription's cursor, the outbox of unacknowledged messages, and the counters
+behind ``client.metrics``. The asyncio driver (``tether.client.aio``) feeds it
+the frames it reads and the clock, writes the frames it returns and turns its
+events into callbacks. The browser client implements the same rules.
+
+Delivery rule, per topic: a message is handed to the application only if it is
+exactly the next offset of the cursor's epoch. Anything at or below the cursor
+is a duplicate and dropped; anything further ahead, or in another epoch, is a
+gap that is reported (``Resync``) before the message is delivered. Nothing is
+skipped silently.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ProtocolError
+from ..outbox import Outbox, OutboxItem
+from ..protocol import (
+    Ack,
+    Cursor,
+    Error,
+    Gap,
+    Message,
+    Nack,
+    Ping,
+    Pong,
+    Publish,
+    Send,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+    decode_server_frame,
+    encode,
+    encode_data,
+)
+
+# --- events handed to the driver ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message to hand to the application, in order, exactly once."""
+
+    topic: str
+    epoch: str
+    offset: int
+    ts: int
+    data: Any
+    #: True when it arrived as part of a resume replay rather than live.
+    recovered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Loss that could not be avoided: these offsets will never be delivered."""
+
+    topic: str
+    missing: list[Gap]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The hub answered an outbox item: ``ok`` with ``result``, or a nack."""
+
+    item: OutboxItem
+    ok: bool
+    result: Any = None
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcomed:
+    welcome: Welcome
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    code: str
+    message: str
+    ref: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionConfirmed:
+    topic: str
+    recovered: bool
+
+
+Event = Delivery | Resync | Resolved | Welcomed | ServerError | SubscriptionConfirmed
+
+
+@dataclass(slots=True)
+class _Sub:
+    topic: str
+    cursor: Cursor | None
+    #: Offsets up to this one (in the reply's epoch) are replay, not live.
+    replay_head: int = 0
+    replay_epoch: str = ""
+    confirmed: bool = False
+
+
+@dataclass(slots=True)
+class Counters:
+    messages_received: int = 0
+    messages_recovered: int = 0
+    duplicates_dropped: int = 0
+    resyncs: int = 0
+    protocol_errors: int = 0
+    rtt: float | None = None
+    last_heartbeat: float | None = None
+
+
+@dataclass(slots=True)
+class Poll:
+    """What the heartbeat check decided: frames to write, whether the link is dead, when next."""
+
+    frames: list[bytes] = field(default_factory=list)
+    dead: bool = False
+    wake_at: float = 0.0
+
+
+class ClientSession:
+    """Protocol state that outlives any single connection. Pure: pass ``now`` in."""
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        heartbeat_interval: float = 25.0,
+        heartbeat_timeout: float = 20.0,
+        id_prefix: str | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.counters = Counters()
+        self.connected = False
+        self._subs: dict[str, _Sub] = {}
+        self._id_prefix = id_prefix or secrets.token_hex(8)
+        self._next_id = 0
+        self._last_received = 0.0
+        self._next_ping = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"<ClientSession connected={self.connected} topics={len(self._subs)} "
+            f"outbox={len(self.outbox)}>"
+        )
+
+    # --- subscriptions ------------------------------------------------------------------
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._subs)
+
+    def cursor(self, topic: str) -> Cursor | None:
+        sub = self._subs.get(topic)
+        return None if sub is None else sub.cursor
+
+    def subscribe(self, topic: str, *, resume: Cursor | None = None) -> bytes | None:
+        """Track ``topic``; returns the frame to write now if connected.
+
+        ``resume`` (e.g. a cursor the app persisted) is used only for a topic not
+        already tracked; a tracked topic keeps its own, newer cursor.
+        """
+        sub = self._subs.get(topic)
+        if sub is None:
+            sub = self._subs[topic] = _Sub(topic, resume)
+        return self._subscribe_frame(sub) if self.connected else None
+
+    def unsubscribe(self, topic: str) -> bytes | None:
+        if self._subs.pop(topic, None) is None or not self.connected:
+            return None
+        return encode(Unsubscribe(topic=topic))
+
+    def _subscribe_frame(self, sub: _Sub) -> bytes:
+        sub.confirmed = False
+        return encode(Subscribe(topic=sub.topic, resume=sub.cursor))
+
+    # --- outbox -------------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        self._next_id += 1
+        return f"{self._id_prefix}-{self._next_id}"
+
+    def make_send(
+        self, event: str, data: Any, *, expires_at: float, key: str | None = None
+    ) -> OutboxItem:
+        id = self.new_id()
+        frame = encode(Send(id=id, event=event, data=encode_data(data)))
+        return OutboxItem(id=id, frame=frame, expires_at=expires_at, key=key)
+
+    def make_publish(
+        self, topic: str, data: Any, *, expires_at: float, key: str | None = None
+    ) -> OutboxItem:
+        id = self.new_id()
+        frame = encode(Publish(id=id, topic=topic, data=encode_data(data)))
+        return OutboxItem(id=id, frame=frame, expires_at=expires_at, key=key)
+
+    def take_unsent(self) -> list[bytes]:
+        """Frames of outbox items not yet written on this connection, marked as written."""
+        if not self.connected:
+            return []
+        items = self.outbox.unsent()
+        for item in items:
+            item.sent = True
+        return [item.frame for item in items]
+
+    # --- connection lifecycle -----------------------------------------------------------
+
+    def connection_opened(self, *, now: float) -> list[bytes]:
+        """The socket is open: re-subscribe every topic from its cursor, then flush the outbox."""
+        self.connected = True
+        self._last_received = now
+        self._next_ping = now + self.heartbeat_interval
+        self.outbox.mark_all_unsent()
+        frames = [self._subscribe_frame(sub) for sub in self._subs.values()]
+        frames.extend(self.take_unsent())
+        return frames
+
+    def connection_lost(self) -> None:
+        self.connected = False
+        for sub in self._subs.values():
+            sub.confirmed = False
+        self.outbox.mark_all_unsent()
+
+    def all_confirmed(self) -> bool:
+        return all(sub.confirmed for sub in self._subs.values())
+
+    # --- heartbeat ----------------------------------------------------------------------
+
+    def poll(self, *, now: float) -> Poll:
+        """Heartbeat check: ping when due; declare the link dead past its deadline."""
+        deadline = self._last_received + self.heartbeat_interval + self.heartbeat_timeout
+        if now >= deadline:
+            return Poll(dead=True, wake_at=now)
+        result = Poll(wake_at=0.0)
+        if now >= self._next_ping:
+            result.frames.append(encode(Ping(ts=int(now * 1000))))
+            self._next_ping = now + self.heartbeat_interval
+        result.wake_at = min(self._next_ping, deadline)
+        return result
+
+    # --- inbound ------------------------------------------------------------------------
+
+    def receive(self, data: str | bytes, *, now: float) -> tuple[list[Event], list[bytes]]:
+        """Process one frame from the hub: events for the app, frames to write back."""
+        self._last_received = now
+        try:
+            frame = decode_server_frame(data)
+        except ProtocolError as exc:
+            # A hub that speaks garbage is a bug worth surfacing, not a reason to drop data.
+            self.counters.protocol_errors += 1
+            return [ServerError(exc.code, exc.message, None)], []
+        if isinstance(frame, Message):
+            return self._on_message(frame), []
+        if isinstance(frame, Ping):
+            self.counters.last_heartbeat = now
+            return [], [encode(Pong(ts=frame.ts))]
+        if isinstance(frame, Pong):
+            self.counters.rtt = max(0.0, now - frame.ts / 1000)
+            self.counters.last_heartbeat = now
+            return [], []
+        if isinstance(frame, Subscribed):
+            return self._on_subscribed(frame), []
+        if isinstance(frame, Ack | Nack):
+            item = self.outbox.resolve(frame.id)
+            if item is None:
+                return [], []  # an answer to a retry already resolved, or an expired item
+            if isinstance(frame, Ack):
+                return [Resolved(item, True, result=frame.result)], []
+            return [Resolved(item, False, code=frame.code, message=frame.message)], []
+        if isinstance(frame, Welcome):
+            self.heartbeat_interval = frame.heartbeat_ms / 1000
+            self.heartbeat_timeout = frame.heartbeat_timeout_ms / 1000
+            self._next_ping = now + self.heartbeat_interval
+            self.counters.last_heartbeat = now
+            return [Welcomed(frame)], []
+        if isinstance(frame, Error):
+            return [ServerError(frame.code, frame.message, frame.ref)], []
+        if isinstance(frame, Unsubscribed):
+            return [], []
+        raise AssertionError(f"unhandled frame {frame!r}")  # pragma: no cover
+
+    def _on_subscribed(self, reply: Subscribed) -> list[Event]:
+        sub = self._subs.get(reply.topic)
+        if sub is None:
+            return []  # unsubscribed locally while the reply was in flight
+        resume = sub.cursor
+        offset = resume.offset if resume is not None and resume.epoch == reply.epoch else 0
+        if resume is None:
+            offset = reply.head
+        # Step over the gaps the hub declared in its current epoch: they are reported, not awaited.
+        for gap in reply.missing:
+            if gap.epoch == reply.epoch and gap.start == offset + 1 and gap.end is not None:
+                offset = gap.end
+        sub.cursor = Cursor(epoch=reply.epoch, offset=min(offset, reply.head))
+        sub.replay_epoch, sub.replay_head = reply.epoch, reply.head
+        sub.confirmed = True
+        events: list[Event] = [SubscriptionConfirmed(reply.topic, reply.recovered)]
+        if reply.missing:
+            self.counters.resyncs += 1
+            events.append(Resync(reply.topic, list(reply.missing)))
+        return events
+
+    def _on_message(self, msg: Message) -> list[Event]:
+        sub = self._subs.get(msg.topic)
+        if sub is None or sub.cursor is None:
+            return []  # not (or no longer) subscribed
+        cursor = sub.cursor
+        events: list[Event] = []
+        if msg.epoch == cursor.epoch:
+            if msg.offset <= cursor.offset:
+                self.counters.duplicates_dropped += 1
+                return []
+            if msg.offset > cursor.offset + 1:
+                events.append(
+                    Resync(
+                        msg.topic,
+                        [Gap(epoch=msg.epoch, start=cursor.offset + 1, end=msg.offset - 1)],
+                    )
+                )
+        else:
+            gaps = [Gap(epoch=cursor.epoch, start=cursor.offset + 1, end=None)]
+            if msg.offset > 1:
+                gaps.append(Gap(epoch=msg.epoch, start=1, end=msg.offset - 1))
+            events.append(Resync(msg.topic, gaps))
+        if events:
+            self.counters.resyncs += 1
+        sub.cursor = Cursor(epoch=msg.epoch, offset=msg.offset)
+        recovered = msg.epoch == sub.replay_epoch and msg.offset <= sub.replay_head
+        self.counters.messages_received += 1
+        if recovered:
+            self.counters.messages_recovered += 1
+        events.append(Delivery(msg.topic, msg.epoch, msg.offset, msg.ts, msg.data, recovered))
+        return events

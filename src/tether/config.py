@@ -1,0 +1,253 @@
+"""Every tunable of the hub and the clients, with its default and the reason for it.
+
+This module is the single place defaults live. Each field can be set three ways,
+all derived from the field itself so they cannot drift apart:
+
+* keyword argument: ``HubConfig(history_size=5000)``, ``Client(url, max_attempts=20)``;
+* environment variable: ``TETHER_HISTORY_SIZE=5000`` (see :func:`from_env`);
+* CLI flag: ``tether serve --history-size 5000`` (see :func:`add_arguments`).
+
+``docs/configuration.md`` is generated from these fields (``tether config-doc``)
+and a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+ENV_PREFIX = "TETHER_"
+
+
+class OutboxPolicy(enum.StrEnum):
+    """What the client outbox does when it is full."""
+
+    #: Refuse the new message (``OutboxFull``); nothing already queued is lost.
+    REJECT_NEW = "reject-new"
+    #: Evict the oldest queued message (its ``send`` fails with ``MessageDropped``).
+    DROP_OLDEST = "drop-oldest"
+    #: Replace a queued message with the same ``key``; without a match, reject the new one.
+    COALESCE = "coalesce-by-key"
+
+
+def _field(default: Any, reason: str, *, unit: str = "") -> Any:
+    return dataclasses.field(default=default, metadata={"reason": reason, "unit": unit})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class HubConfig:
+    """Settings of a hub (server). All durations are in seconds."""
+
+    host: str = _field(
+        "127.0.0.1", "Loopback only until you decide to expose it (put TLS in front first)."
+    )
+    port: int = _field(8765, "Unprivileged and unlikely to clash with common dev servers.")
+    heartbeat_interval: float = _field(
+        25.0,
+        "Socket.IO and Centrifugo both ping every 25 s: under the 30-60 s idle timeouts of "
+        "common proxies and load balancers, cheap at 10k connections (400 pings/s).",
+        unit="s",
+    )
+    heartbeat_timeout: float = _field(
+        20.0,
+        "Socket.IO's ping timeout. A peer silent for interval + timeout (45 s) is dead; the "
+        "margin absorbs GC pauses, slow networks and a busy browser main thread.",
+        unit="s",
+    )
+    history_size: int = _field(
+        1000,
+        "Messages kept per topic for resume. At ~200 B each, 200 KB per topic; covers a "
+        "2-minute outage at ~8 messages/s.",
+    )
+    history_ttl: float = _field(
+        120.0,
+        "Ably's 2-minute recovery window: long enough for a Wi-Fi drop, a laptop lid or a "
+        "server deploy; older data is better refetched than replayed.",
+        unit="s",
+    )
+    max_topics: int = _field(
+        100_000,
+        "Caps topic bookkeeping memory. Past it, idle topics (no subscribers) are evicted "
+        "oldest-first; a later resume of an evicted topic is reported as a gap, never silent.",
+    )
+    dedup_window: int = _field(
+        10_000,
+        "Idempotency ids remembered to answer retries without re-running handlers; at ~200 B "
+        "each, 2 MB. Enough for every client's outbox (1000) ten times over.",
+    )
+    dedup_ttl: float = _field(
+        300.0,
+        "Longer than the client outbox TTL (120 s) plus the backoff cap (30 s), so any retry a "
+        "client can still make is recognised.",
+        unit="s",
+    )
+    max_frame_bytes: int = _field(
+        65_536,
+        "Client frames are commands, not bulk data; 64 KiB bounds per-frame parsing memory. "
+        "Bigger frames are closed with 1009.",
+    )
+    max_subscriptions: int = _field(
+        100, "Per connection. Dashboards use a handful; caps per-connection fan-out state."
+    )
+    max_send_buffer_bytes: int = _field(
+        262_144,
+        "A subscriber whose unsent bytes pass 256 KiB (~2,500 typical messages) is cut off "
+        "with 4008 and resumes from history, instead of slowing others or eating memory.",
+    )
+    max_pending_sends: int = _field(
+        100,
+        "Client->hub messages queued per connection while handlers run; beyond, nack "
+        "'overloaded'. Bounds memory while keeping per-connection order.",
+    )
+    restart_spread: float = _field(
+        10.0,
+        "On graceful restart clients are told to come back after a random 0..10 s: 10k clients "
+        "arrive at ~1k/s instead of all at once.",
+        unit="s",
+    )
+    shutdown_timeout: float = _field(
+        5.0,
+        "Graceful shutdown waits this long for close handshakes and handlers before exiting.",
+        unit="s",
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class ClientConfig:
+    """Settings of a client. All durations are in seconds."""
+
+    backoff_base: float = _field(
+        1.0,
+        "Socket.IO's first delay and the seeds' common choice: a blip is retried within ~1 s.",
+        unit="s",
+    )
+    backoff_factor: float = _field(2.0, "Doubling reaches the cap in 5 steps (1, 2, 4, 8, 16, 30).")
+    backoff_cap: float = _field(
+        30.0,
+        "Between the seeds' 16/30/60 s. With full jitter the mean wait is 15 s: a user waits at "
+        "most 30 s after the hub is back, and 10k clients retry at ~670/s.",
+        unit="s",
+    )
+    max_attempts: int = _field(
+        10,
+        "The seeds' consensus. About 90 s of retrying with the defaults before the circuit "
+        "opens (FAILED).",
+    )
+    connect_timeout: float = _field(
+        10.0,
+        "An attempt that has not completed the handshake and welcome in 10 s counts as failed "
+        "(websockets' open timeout).",
+        unit="s",
+    )
+    stable_after: float = _field(
+        30.0,
+        "The retry counter resets only after 30 s connected, so a hub that accepts then crashes "
+        "keeps backing off instead of being hammered at the base delay.",
+        unit="s",
+    )
+    circuit_cooldown: float = _field(
+        60.0,
+        "While FAILED (circuit open) the client probes once a minute: cheap for a struggling "
+        "hub, yet a dashboard left open recovers without a reload.",
+        unit="s",
+    )
+    outbox_size: int = _field(
+        1000, "Messages held while offline. Bounds memory; past it, the policy decides."
+    )
+    outbox_policy: OutboxPolicy = _field(
+        OutboxPolicy.REJECT_NEW,
+        "The caller learns at once that a message was not queued; nothing already accepted is "
+        "ever discarded behind its back.",
+    )
+    outbox_ttl: float = _field(
+        120.0,
+        "Matches the hub's history window: an action older than a recoverable outage is more "
+        "likely stale than wanted. Expiry fails the send; never silent.",
+        unit="s",
+    )
+
+
+ConfigT = TypeVar("ConfigT", HubConfig, ClientConfig)
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets ``field_name``."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    """The CLI flag that sets ``field_name``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _parse(field: dataclasses.Field[Any], raw: str) -> Any:
+    kind: Any = type(field.default)
+    try:
+        if kind is bool:
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{env_name(field.name)}={raw!r}: {exc}") from None
+
+
+def from_env(
+    cls: type[ConfigT], *, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> ConfigT:
+    """Build a config: keywords win over ``TETHER_*`` variables, which win over defaults."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        raw = env.get(env_name(field.name))
+        if raw is not None:
+            values[field.name] = _parse(field, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+def split_overrides(cls: type[ConfigT], options: dict[str, Any]) -> dict[str, Any]:
+    """Pop the keys of ``options`` that are fields of ``cls`` and return them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {name: options.pop(name) for name in list(options) if name in names}
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type[HubConfig | ClientConfig]) -> None:
+    """Add one ``--flag`` per config field; unset flags leave env/defaults in charge."""
+    group = parser.add_argument_group(f"{cls.__name__} (also settable as TETHER_* variables)")
+    for field in dataclasses.fields(cls):
+        kind = type(field.default)
+        unit = field.metadata["unit"]
+        help_text = (
+            f"default {field.default}{' ' + unit if unit else ''}; env {env_name(field.name)}"
+        )
+        if isinstance(field.default, enum.Enum):
+            group.add_argument(
+                flag_name(field.name),
+                dest=field.name,
+                choices=[m.value for m in type(field.default)],
+                default=None,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                flag_name(field.name), dest=field.name, type=kind, default=None, help=help_text
+            )
+
+
+def markdown_table(cls: type[HubConfig | ClientConfig]) -> str:
+    """The configuration table for ``docs/configuration.md``."""
+    rows = [
+        "| keyword | env / CLI flag | default | why |",
+        "|---|---|---|---|",
+    ]
+    for field in dataclasses.fields(cls):
+        default = field.default.value if isinstance(field.default, enum.Enum) else field.default
+        unit = field.metadata["unit"]
+        rows.append(
+            f"| `{field.name}` | `{env_name(field.name)}` / `{flag_name(field.name)}` "
+            f"| `{default}`{' ' + unit if unit else ''} | {field.metadata['reason']} |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,440 @@
+"""The hub: topics, fan-out, resume, client->hub handlers with dedup, heartbeats.
+
+Theory of operation
+-------------------
+Everything that touches a topic happens synchronously on the event loop, with no
+``await`` in between, which is what makes the resume seam exact:
+
+* ``publish`` appends to the topic's log (offset +1, frame encoded once) and adds
+  the frame to the topic's *pending batch*; one flush per loop iteration writes
+  each topic's batch to each subscriber as a single write.
+* ``subscribe`` first flushes the topic's pending batch to the existing
+  subscribers, then reads the replay from history and writes ``subscribed`` +
+  replay to the new subscriber, then adds it to the subscriber set. Every
+  message is therefore either in the replay or in a later batch, never both,
+  never neither.
+
+Client->hub ``send``/``publish`` frames run in order per connection on a small
+worker task, through a dedup window keyed by (identity, id): a retry is answered
+with the first run's outcome (waiting for it if still running), and the handler
+never runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ..config import HubConfig, from_env
+from ..dedup import DedupWindow
+from ..errors import CloseCode, ErrorCode, Reject
+from ..history import Entry
+from ..protocol import (
+    Ack,
+    Cursor,
+    Nack,
+    Ping,
+    Publish,
+    Send,
+    Subscribed,
+    Topic,
+    encode,
+    encode_data,
+)
+from .broker import MemoryBroker
+from .links import Batch, Link
+from .session import Command, DoSend, DoSubscribe, DoUnsubscribe, Reply, ServerSession
+
+logger = logging.getLogger("tether.hub")
+
+_topic_decoder = msgspec.json.Decoder(Topic)
+
+
+def validate_topic(topic: str) -> str:
+    """Return ``topic`` if it is a legal topic name, else raise ``ValueError``."""
+    try:
+        return _topic_decoder.decode(msgspec.json.encode(topic))
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid topic {topic!r}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A client message as a hub handler sees it."""
+
+    event: str
+    data: Any
+    id: str
+    session: str
+    identity: str
+
+
+Handler = Callable[[Incoming], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class HubStats:
+    connections_total: int = 0
+    publishes: int = 0
+    deliveries: int = 0
+    replayed: int = 0
+    resumes_with_loss: int = 0
+    heartbeat_timeouts: int = 0
+    slow_consumers: int = 0
+    sends_handled: int = 0
+    sends_deduplicated: int = 0
+
+
+class _LinkState:
+    """Per-connection hub bookkeeping for in-order client->hub message handling."""
+
+    __slots__ = ("sends", "worker")
+
+    def __init__(self) -> None:
+        self.sends: deque[Send | Publish] = deque()
+        self.worker: asyncio.Task[None] | None = None
+
+
+class Hub:
+    """A Tether hub. Mount ``hub.asgi()`` in any ASGI app, or run it with ``tether serve``.
+
+    Options are the fields of :class:`~tether.config.HubConfig`, as keywords or
+    ``TETHER_*`` environment variables.
+    """
+
+    def __init__(self, *, config: HubConfig | None = None, **options: Any) -> None:
+        self.config = config if config is not None else from_env(HubConfig, **options)
+        c = self.config
+        self._subscribers: dict[str, set[Link]] = {}
+        self.broker = MemoryBroker(
+            history_size=c.history_size,
+            history_ttl=c.history_ttl,
+            max_topics=c.max_topics,
+            is_busy=self._subscribers.__contains__,
+        )
+        self._links: dict[Link, _LinkState] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._dedup: DedupWindow[tuple[str, str], asyncio.Future[bytes]] = DedupWindow(
+            max_entries=c.dedup_window, ttl=c.dedup_ttl
+        )
+        self._pending: dict[str, list[bytes]] = {}
+        self._flush_handle: asyncio.Handle | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.stats = HubStats()
+        self.closing = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Hub connections={len(self._links)} topics={len(self.broker)} "
+            f"handlers={len(self._handlers)} closing={self.closing}>"
+        )
+
+    # --- application API ----------------------------------------------------------------
+
+    def on(self, event: str) -> Callable[[Handler], Handler]:
+        """Register the handler for client messages sent with ``event``::
+
+            @hub.on("chat.post")
+            async def post(msg: Incoming) -> dict:
+                ...  # the return value is the ack's result
+
+        Raise :class:`tether.Reject` to nack with your own code and message.
+        """
+
+        def register(handler: Handler) -> Handler:
+            self._handlers[event] = handler
+            return handler
+
+        return register
+
+    async def publish(self, topic: str, data: Any) -> int:
+        """Publish ``data`` (any JSON value) to ``topic``; returns its offset."""
+        return self.publish_nowait(topic, data).offset
+
+    def publish_nowait(self, topic: str, data: Any) -> Entry:
+        """Synchronous :meth:`publish`, for code that is not a coroutine."""
+        return self.publish_raw(validate_topic(topic), encode_data(data))
+
+    def publish_raw(self, topic: str, data: msgspec.Raw) -> Entry:
+        """Publish already-encoded JSON to an already-validated topic."""
+        entry = self.broker.publish(topic, data, now=time.time())
+        self.stats.publishes += 1
+        if topic in self._subscribers:
+            pending = self._pending.get(topic)
+            if pending is None:
+                self._pending[topic] = [entry.frame]
+            else:
+                pending.append(entry.frame)
+            if self._flush_handle is None:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        return entry
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._links)
+
+    def topic_head(self, topic: str) -> Cursor:
+        log = self.broker.log(validate_topic(topic))
+        return Cursor(epoch=log.epoch, offset=log.head)
+
+    # --- fan-out ------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        pending, self._pending = self._pending, {}
+        for topic, frames in pending.items():
+            self._deliver(topic, frames)
+
+    def _flush_topic(self, topic: str) -> None:
+        frames = self._pending.pop(topic, None)
+        if frames:
+            self._deliver(topic, frames)
+
+    def _deliver(self, topic: str, frames: list[bytes]) -> None:
+        subscribers = self._subscribers.get(topic)
+        if not subscribers:
+            return
+        batch = Batch(frames)
+        # A slow consumer may be removed from the set while we iterate: iterate a copy.
+        for link in tuple(subscribers):
+            link.deliver(batch)
+        self.stats.deliveries += len(frames) * len(subscribers)
+
+    def _subscribe(self, link: Link, topic: str, resume: Cursor | None) -> None:
+        self._flush_topic(topic)  # the seam: pending frames go to existing subscribers only
+        replay = self.broker.replay(topic, resume, now=time.time())
+        reply = encode(
+            Subscribed(
+                topic=topic,
+                epoch=replay.epoch,
+                head=replay.head,
+                recovered=replay.recovered,
+                missing=replay.missing,
+            )
+        )
+        link.send_frames([reply, *replay.frames])
+        self.stats.replayed += len(replay.frames)
+        if replay.missing:
+            self.stats.resumes_with_loss += 1
+        if not link.closed:
+            self._subscribers.setdefault(topic, set()).add(link)
+
+    def _unsubscribe(self, link: Link, topic: str) -> None:
+        subscribers = self._subscribers.get(topic)
+        if subscribers is not None:
+            subscribers.discard(link)
+            if not subscribers:
+                del self._subscribers[topic]
+                self._pending.pop(topic, None)
+
+    # --- connections --------------------------------------------------------------------
+
+    def new_session(self) -> ServerSession:
+        return ServerSession(
+            session_id="s-" + secrets.token_hex(6), config=self.config, now=time.monotonic()
+        )
+
+    def attach(self, link: Link) -> None:
+        """Start serving ``link``: sends ``welcome`` and starts the heartbeat if needed."""
+        self._links[link] = _LinkState()
+        self.stats.connections_total += 1
+        link.send_frames([link.session.welcome(wall_ms=int(time.time() * 1000))])
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.get_running_loop().create_task(
+                self._heartbeat_loop(), name="tether-heartbeat"
+            )
+
+    def detach(self, link: Link) -> None:
+        """Forget ``link``: its subscriptions and queued (not yet started) client messages."""
+        state = self._links.pop(link, None)
+        for topic in link.session.topics:
+            self._unsubscribe(link, topic)
+        link.session.topics.clear()
+        if state is not None:
+            # A handler already running finishes (its dedup entry must resolve for retries);
+            # queued ones never started, so a retry on the next connection will run them.
+            state.sends.clear()
+
+    def receive(self, link: Link, data: str | bytes | None, *, binary: bool = False) -> None:
+        """Feed one inbound frame from ``link``."""
+        session = link.session
+        now = time.monotonic()
+        commands = (
+            session.receive_binary(now=now)
+            if binary or data is None
+            else (session.receive(data, now=now))
+        )
+        self._apply(link, commands)
+
+    def _apply(self, link: Link, commands: list[Command]) -> None:
+        for command in commands:
+            if isinstance(command, Reply):
+                link.send_frames([command.frame])
+            elif isinstance(command, DoSubscribe):
+                self._subscribe(link, command.topic, command.resume)
+            elif isinstance(command, DoUnsubscribe):
+                self._unsubscribe(link, command.topic)
+            elif isinstance(command, DoSend):
+                self._enqueue_send(link, command.frame)
+
+    def overflow(self, link: Link) -> None:
+        """A subscriber's send buffer passed its limit: cut it off (it will resume)."""
+        if link.closed:
+            return
+        self.stats.slow_consumers += 1
+        logger.warning("slow consumer %s cut off (4008)", link.session.id)
+        for topic in list(link.session.topics):
+            self._unsubscribe(link, topic)
+        link.close(
+            CloseCode.SLOW_CONSUMER,
+            "slow consumer: send buffer exceeded",
+            abort_after=self.config.heartbeat_timeout / 4,
+        )
+
+    # --- client -> hub messages ---------------------------------------------------------
+
+    def _enqueue_send(self, link: Link, frame: Send | Publish) -> None:
+        state = self._links.get(link)
+        if state is None:
+            return
+        if len(state.sends) >= self.config.max_pending_sends:
+            link.send_frames(
+                [
+                    encode(
+                        Nack(
+                            id=frame.id,
+                            code=ErrorCode.OVERLOADED,
+                            message="too many pending messages on this connection; retry later",
+                        )
+                    )
+                ]
+            )
+            return
+        state.sends.append(frame)
+        if state.worker is None:
+            state.worker = asyncio.get_running_loop().create_task(self._send_worker(link, state))
+
+    async def _send_worker(self, link: Link, state: _LinkState) -> None:
+        try:
+            while state.sends:
+                frame = state.sends.popleft()
+                reply = await self._handle_once(link, frame)
+                link.send_frames([reply])
+        finally:
+            state.worker = None
+
+    async def _handle_once(self, link: Link, frame: Send | Publish) -> bytes:
+        key = (link.identity, frame.id)
+        earlier = self._dedup.get(key, now=time.monotonic())
+        if earlier is not None:
+            self.stats.sends_deduplicated += 1
+            return await asyncio.shield(earlier)
+        outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._dedup.put(key, outcome, now=time.monotonic())
+        try:
+            reply = await self._execute(link, frame)
+        except BaseException:
+            # Cancelled mid-handler (hub shutting down): let a retry run it afresh.
+            outcome.cancel()
+            raise
+        outcome.set_result(reply)
+        self.stats.sends_handled += 1
+        return reply
+
+    async def _execute(self, link: Link, frame: Send | Publish) -> bytes:
+        if isinstance(frame, Publish):
+            entry = self.publish_raw(frame.topic, frame.data)
+            epoch = self.broker.log(frame.topic).epoch
+            return encode(Ack(id=frame.id, result={"offset": entry.offset, "epoch": epoch}))
+        handler = self._handlers.get(frame.event)
+        if handler is None:
+            return encode(
+                Nack(
+                    id=frame.id,
+                    code=ErrorCode.NO_HANDLER,
+                    message=f"no handler for event {frame.event!r}",
+                )
+            )
+        incoming = Incoming(
+            event=frame.event,
+            data=frame.data,
+            id=frame.id,
+            session=link.session.id,
+            identity=link.identity,
+        )
+        try:
+            result = await handler(incoming)
+            return encode(Ack(id=frame.id, result=encode_data(result)))
+        except Reject as exc:
+            return encode(Nack(id=frame.id, code=exc.code, message=exc.message))
+        except Exception:
+            logger.exception("handler for %r failed (message %s)", frame.event, frame.id)
+            return encode(
+                Nack(id=frame.id, code=ErrorCode.HANDLER_ERROR, message="the handler failed")
+            )
+
+    # --- heartbeat and shutdown ---------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        c = self.config
+        # Check deadlines several times per timeout so detection lags by at most a quarter of it.
+        tick = max(0.01, min(c.heartbeat_interval, c.heartbeat_timeout) / 4)
+        next_ping = time.monotonic() + c.heartbeat_interval
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            links = list(self._links)
+            if now >= next_ping:
+                batch = Batch([encode(Ping(ts=int(time.time() * 1000)))])
+                for link in links:
+                    link.deliver(batch)
+                next_ping = now + c.heartbeat_interval
+            for link in links:
+                if not link.closed and link.session.is_dead(now=now):
+                    self.stats.heartbeat_timeouts += 1
+                    logger.info("heartbeat timeout: closing %s", link.session.id)
+                    link.close(CloseCode.INTERNAL_ERROR, "heartbeat timeout", abort_after=1.0)
+
+    def restart_reason(self) -> str:
+        """A 1012 close reason with a randomised retry hint, spreading the fleet's return."""
+        spread_ms = int(self.config.restart_spread * 1000)
+        return json.dumps(
+            {"retry_after_ms": random.randint(0, spread_ms), "message": "server restarting"},
+            separators=(",", ":"),
+        )
+
+    def close_all(self, code: int = CloseCode.SERVICE_RESTART) -> None:
+        """Close every connection (1012 with a retry hint by default)."""
+        self.closing = True
+        for link in list(self._links):
+            reason = self.restart_reason() if code == CloseCode.SERVICE_RESTART else "closing"
+            link.close(code, reason)
+
+    async def aclose(self) -> None:
+        """Stop background tasks (after :meth:`close_all`)."""
+        self.closing = True
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+            self._heartbeat_task = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush()
+
+    def asgi(self) -> Any:
+        """The hub's ASGI app (``/ws``, ``POST /publish``, ``GET /healthz``)."""
+        from .app import create_app
+
+        return create_app(self)

@@ -1,0 +1,199 @@
+"""How the hub writes to one client: the fast raw-transport link and the ASGI fallback.
+
+The hub encodes each message once. When it runs under Tether's own uvicorn
+WebSocket protocol (``tether.server.fastws``), it also frames each flushed
+batch once and writes those same bytes straight to every subscriber's
+transport: one ``write`` per subscriber per loop iteration, however many
+messages the batch holds. Under any other ASGI server it falls back to a
+bounded per-connection queue drained by a writer task.
+
+Both enforce ``max_send_buffer_bytes``: past it, ``on_overflow`` is called and
+the hub cuts the connection off (close 4008) instead of buffering without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from websockets.frames import Frame, Opcode
+
+if TYPE_CHECKING:
+    from .fastws import RawLink
+    from .session import ServerSession
+
+logger = logging.getLogger("tether.hub")
+
+ASGISend = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    """An unmasked, uncompressed WebSocket text frame (server -> client) carrying ``payload``."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+class Batch:
+    """Frames flushed together for one topic; their wire form is built at most once."""
+
+    __slots__ = ("_wire", "frames")
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+        self._wire: bytes | None = None
+
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = b"".join([ws_text_frame(f) for f in self.frames])
+        return self._wire
+
+
+class Link(Protocol):
+    session: ServerSession
+    identity: str
+    closed: bool
+
+    def deliver(self, batch: Batch) -> None: ...
+    def send_frames(self, frames: list[bytes]) -> None: ...
+    def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None: ...
+
+
+class RawTransportLink:
+    """Writes pre-framed bytes directly to the connection's asyncio transport."""
+
+    __slots__ = ("_raw", "closed", "identity", "limit", "on_overflow", "session")
+
+    def __init__(
+        self,
+        raw: RawLink,
+        *,
+        session: ServerSession,
+        limit: int,
+        on_overflow: Callable[[Link], None],
+        identity: str = "anonymous",
+    ) -> None:
+        self._raw = raw
+        self.session = session
+        self.limit = limit
+        self.on_overflow = on_overflow
+        self.identity = identity
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<RawTransportLink {self.session.id} closed={self.closed}>"
+
+    def _write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        transport = self._raw.transport
+        if transport.is_closing():
+            self.closed = True
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.limit:
+            self.on_overflow(self)
+
+    def deliver(self, batch: Batch) -> None:
+        self._write(batch.wire())
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        self._write(b"".join([ws_text_frame(f) for f in frames]))
+
+    def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._raw.close(code, reason, abort_after=abort_after)
+
+
+class QueuedAsgiLink:
+    """Fallback for any ASGI server: a bounded queue drained by one writer task."""
+
+    __slots__ = (
+        "_close",
+        "_queue",
+        "_queued_bytes",
+        "_ready",
+        "_send",
+        "_task",
+        "closed",
+        "identity",
+        "limit",
+        "on_overflow",
+        "session",
+    )
+
+    def __init__(
+        self,
+        send: ASGISend,
+        *,
+        session: ServerSession,
+        limit: int,
+        on_overflow: Callable[[Link], None],
+        identity: str = "anonymous",
+    ) -> None:
+        self._send = send
+        self.session = session
+        self.limit = limit
+        self.on_overflow = on_overflow
+        self.identity = identity
+        self.closed = False
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._ready = asyncio.Event()
+        self._close: tuple[int, str] | None = None
+        self._task = asyncio.get_running_loop().create_task(self._writer())
+
+    def __repr__(self) -> str:
+        return f"<QueuedAsgiLink {self.session.id} queued={len(self._queue)} closed={self.closed}>"
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        if self.closed:
+            return
+        for frame in frames:
+            self._queue.append(frame)
+            self._queued_bytes += len(frame)
+        self._ready.set()
+        if self._queued_bytes > self.limit:
+            self.on_overflow(self)
+
+    def deliver(self, batch: Batch) -> None:
+        self.send_frames(batch.frames)
+
+    def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if abort_after is not None:
+            # Slow consumer: what is queued would only delay the close; drop it.
+            self._queue.clear()
+            self._queued_bytes = 0
+        self._close = (code, reason)
+        self._ready.set()
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                while self._queue:
+                    frame = self._queue.popleft()
+                    self._queued_bytes -= len(frame)
+                    await self._send({"type": "websocket.send", "text": frame.decode()})
+                if self._close is not None:
+                    code, reason = self._close
+                    await self._send({"type": "websocket.close", "code": code, "reason": reason})
+                    return
+        except (OSError, RuntimeError) as exc:
+            # The ASGI server reports a vanished client as an error on send.
+            logger.debug("writer for %s stopped: %s", self.session.id, exc)
+            self.closed = True
+
+    async def aclose(self) -> None:
+        self.closed = True
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task

@@ -1,0 +1,131 @@
+"""The hub's per-connection protocol logic, without I/O.
+
+:class:`ServerSession` decodes and validates what one client sends, enforces the
+per-connection limits, tracks liveness, and turns each frame into either a
+direct reply or a :data:`Command` for the hub (which owns topics and handlers).
+Bad input becomes an ``error`` frame and changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import HubConfig
+from ..errors import ErrorCode, ProtocolError
+from ..protocol import (
+    PROTOCOL_VERSION,
+    Cursor,
+    Error,
+    Limits,
+    Ping,
+    Pong,
+    Publish,
+    Send,
+    Subscribe,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+    decode_client_frame,
+    encode,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DoSubscribe:
+    topic: str
+    resume: Cursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class DoUnsubscribe:
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class DoSend:
+    frame: Send | Publish
+
+
+Command = Reply | DoSubscribe | DoUnsubscribe | DoSend
+
+
+def error_frame(code: ErrorCode | str, message: str, ref: str | None = None) -> bytes:
+    return encode(Error(code=str(code), message=message, ref=ref))
+
+
+class ServerSession:
+    """One connection's protocol state on the hub. Pure: pass ``now`` (monotonic seconds)."""
+
+    __slots__ = ("config", "id", "last_received", "topics")
+
+    def __init__(self, *, session_id: str, config: HubConfig, now: float) -> None:
+        self.id = session_id
+        self.config = config
+        self.topics: set[str] = set()
+        self.last_received = now
+
+    def __repr__(self) -> str:
+        return f"<ServerSession {self.id} topics={len(self.topics)}>"
+
+    def welcome(self, *, wall_ms: int) -> bytes:
+        c = self.config
+        return encode(
+            Welcome(
+                version=PROTOCOL_VERSION,
+                session=self.id,
+                heartbeat_ms=int(c.heartbeat_interval * 1000),
+                heartbeat_timeout_ms=int(c.heartbeat_timeout * 1000),
+                limits=Limits(
+                    max_frame_bytes=c.max_frame_bytes,
+                    max_subscriptions=c.max_subscriptions,
+                    dedup_window=c.dedup_window,
+                ),
+                ts=wall_ms,
+            )
+        )
+
+    def is_dead(self, *, now: float) -> bool:
+        """Silent past its heartbeat deadline (interval + timeout)?"""
+        c = self.config
+        return now - self.last_received > c.heartbeat_interval + c.heartbeat_timeout
+
+    def receive_binary(self, *, now: float) -> list[Command]:
+        self.last_received = now
+        return [Reply(error_frame(ErrorCode.BINARY_FRAME, "binary frames are not supported"))]
+
+    def receive(self, data: str | bytes, *, now: float) -> list[Command]:
+        """One text frame from the client: replies and commands, in the order to apply them."""
+        self.last_received = now
+        if len(data) > self.config.max_frame_bytes:
+            # Transports enforce this with close 1009; this guards adapters that cannot.
+            return [Reply(error_frame(ErrorCode.INVALID_FRAME, "frame exceeds max_frame_bytes"))]
+        try:
+            frame = decode_client_frame(data)
+        except ProtocolError as exc:
+            return [Reply(error_frame(exc.code, exc.message, exc.ref))]
+        if isinstance(frame, Ping):
+            return [Reply(encode(Pong(ts=frame.ts)))]
+        if isinstance(frame, Pong):
+            return []
+        if isinstance(frame, Subscribe):
+            if frame.topic not in self.topics and len(self.topics) >= self.config.max_subscriptions:
+                return [
+                    Reply(
+                        error_frame(
+                            ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                            f"at most {self.config.max_subscriptions} subscriptions per connection",
+                            frame.topic,
+                        )
+                    )
+                ]
+            self.topics.add(frame.topic)
+            return [DoSubscribe(frame.topic, frame.resume)]
+        if isinstance(frame, Unsubscribe):
+            self.topics.discard(frame.topic)
+            return [DoUnsubscribe(frame.topic), Reply(encode(Unsubscribed(topic=frame.topic)))]
+        return [DoSend(frame)]

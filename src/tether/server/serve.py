@@ -1,19 +1,24 @@
 """Run a hub standalone: uvicorn, Tether's WebSocket protocol, graceful restarts.
 
-On SIGTERM/SIGINT uvicorn stops accepting, then every WebSocket is closed with
-1012 and a randomised ``retry_after_ms`` hint (see ``fastws``); the process
-exits within ``shutdown_timeout``.
+On SIGTERM/SIGINT (or :meth:`HubServer.stop`) uvicorn stops accepting, then
+every WebSocket is closed with 1012 and a randomised ``retry_after_ms`` hint
+(see ``fastws``); the process exits within ``shutdown_timeout``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 
 from .fastws import TetherWSProtocol
 from .hub import Hub
+
+logger = logging.getLogger("tether.hub")
 
 
 def server_config(hub: Hub, *, app: Any = None, log_level: str = "warning") -> uvicorn.Config:
@@ -36,10 +41,62 @@ def server_config(hub: Hub, *, app: Any = None, log_level: str = "warning") -> u
     )
 
 
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without signal capture: signals belong to whoever runs the loop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HubServer:
+    """A hub served over HTTP/WebSocket in this event loop; ``port=0`` picks a free port."""
+
+    def __init__(self, hub: Hub, *, app: Any = None, log_level: str = "warning") -> None:
+        self.hub = hub
+        self._server = _EmbeddedServer(server_config(hub, app=app, log_level=log_level))
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<HubServer {self.url} running={self._task is not None}>"
+
+    @property
+    def port(self) -> int:
+        servers = getattr(self._server, "servers", [])
+        if servers:
+            port: int = servers[0].sockets[0].getsockname()[1]
+            return port
+        return self.hub.config.port
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.hub.config.host}:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.hub.config.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start serving in the background; returns once the socket is listening."""
+        self._task = asyncio.get_running_loop().create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises the startup error (e.g. port in use)
+                raise RuntimeError("hub server exited during startup")
+            await asyncio.sleep(0.01)
+        logger.info("tether hub on %s", self.url)
+
+    async def stop(self) -> None:
+        """Graceful stop: 1012 + retry hints to every client, then close."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+
 async def serve(hub: Hub, *, app: Any = None, log_level: str = "warning") -> None:
     """Serve ``hub`` (or ``app`` that mounts it) until SIGTERM/SIGINT."""
     server = uvicorn.Server(server_config(hub, app=app, log_level=log_level))
-    logging.getLogger("tether.hub").info(
-        "tether hub on ws://%s:%d/ws", hub.config.host, hub.config.port
-    )
     await server.serve()

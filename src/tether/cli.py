@@ -1,0 +1,297 @@
+"""The ``tether`` command: serve, publish, listen, chaos, demo.
+
+Every hub/client option is a flag generated from :mod:`tether.config`, so the
+CLI, the keyword arguments and the ``TETHER_*`` variables never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from .chaos import ChaosProxy
+from .client import Client, Delivery, State
+from .config import ClientConfig, HubConfig, add_arguments, from_env, markdown_table
+from .protocol import Gap
+
+
+def _log_setup(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _options(args: argparse.Namespace, cls: type[HubConfig | ClientConfig]) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+
+
+def _http_base(url: str) -> str:
+    """Accept ``http://host:port``, ``ws://host:port/ws`` or ``host:port``."""
+    if url.startswith("ws://"):
+        url = "http://" + url[5:]
+    elif url.startswith("wss://"):
+        url = "https://" + url[6:]
+    elif "://" not in url:
+        url = "http://" + url
+    url = url.rstrip("/")
+    return url[: -len("/ws")] if url.endswith("/ws") else url
+
+
+def _ws_url(url: str) -> str:
+    base = _http_base(url)
+    scheme = "wss://" if base.startswith("https://") else "ws://"
+    return scheme + base.split("://", 1)[1] + "/ws"
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import Hub
+    from .server.serve import serve
+
+    _log_setup(args.log_level)
+    hub = Hub(config=from_env(HubConfig, **_options(args, HubConfig)))
+    print(f"tether hub on ws://{hub.config.host}:{hub.config.port}/ws", file=sys.stderr)
+    asyncio.run(serve(hub, log_level=args.log_level))
+    return 0
+
+
+# --- publish ----------------------------------------------------------------------------------
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.json)
+    except ValueError as exc:
+        print(f"tether publish: JSON argument is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    body = json.dumps({"topic": args.topic, "data": data}).encode()
+    request = urllib.request.Request(
+        _http_base(args.url) + "/publish",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            print(response.read().decode())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"tether publish: HTTP {exc.code}: {exc.read().decode()}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"tether publish: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+
+
+# --- listen -----------------------------------------------------------------------------------
+
+
+def _gaps(missing: list[Gap]) -> list[dict[str, Any]]:
+    return [{"epoch": g.epoch, "from": g.start, "to": g.end} for g in missing]
+
+
+async def _listen(args: argparse.Namespace) -> int:
+    as_json: bool = args.json
+
+    def err(event: dict[str, Any], text: str) -> None:
+        line = json.dumps(event) if as_json else text
+        print(line, file=sys.stderr, flush=True)
+
+    def on_state(old: State, new: State) -> None:
+        err({"event": "state", "from": old.value, "to": new.value}, f"[state] {old} -> {new}")
+
+    def on_reconnect() -> None:
+        err({"event": "reconnect"}, "[reconnected]")
+
+    def on_resync(topic: str, missing: list[Gap]) -> None:
+        err(
+            {"event": "resync", "topic": topic, "missing": _gaps(missing)},
+            f"[resync] {topic}: missing {_gaps(missing)}",
+        )
+
+    def on_message(msg: Delivery) -> None:
+        if as_json:
+            line = json.dumps(
+                {
+                    "topic": msg.topic,
+                    "offset": msg.offset,
+                    "epoch": msg.epoch,
+                    "ts": msg.ts,
+                    "recovered": msg.recovered,
+                    "data": msg.data,
+                }
+            )
+        else:
+            line = f"{msg.topic} #{msg.offset} {json.dumps(msg.data)}"
+        print(line, flush=True)
+
+    client = Client(
+        _ws_url(args.url),
+        on_state_change=on_state,
+        on_reconnect=on_reconnect,
+        on_resync=on_resync,
+        config=from_env(ClientConfig, **_options(args, ClientConfig)),
+    )
+    for topic in args.topic:
+        await client.subscribe(topic, on_message)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await client.start()
+    if args.duration:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.duration)
+    else:
+        await stop.wait()
+    await client.close()
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    _log_setup(args.log_level)
+    return asyncio.run(_listen(args))
+
+
+# --- chaos ------------------------------------------------------------------------------------
+
+
+async def _chaos(args: argparse.Namespace) -> int:
+    host, _, port = args.target.rpartition(":")
+    lhost, _, lport = args.listen.rpartition(":")
+    proxy = ChaosProxy(
+        target=(host or "127.0.0.1", int(port)), host=lhost or "127.0.0.1", port=int(lport)
+    )
+    await proxy.start()
+    print(f"chaos proxy {proxy.host}:{proxy.port} -> {args.target}", file=sys.stderr)
+    try:
+        await proxy.run_schedule(
+            duration=args.duration,
+            cut_every=args.cut_every,
+            stall_every=args.stall_every,
+            stall_for=args.stall_for,
+        )
+    finally:
+        await proxy.stop()
+    print(f"chaos done: {proxy.stats}", file=sys.stderr)
+    return 0
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    _log_setup(args.log_level)
+    return asyncio.run(_chaos(args))
+
+
+# --- demo / config-doc ------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    _log_setup(args.log_level)
+    return asyncio.run(run_demo(port=args.port, duration=args.duration))
+
+
+def cmd_config_doc(args: argparse.Namespace) -> int:
+    print(config_doc())
+    return 0
+
+
+def config_doc() -> str:
+    """The body of docs/configuration.md, generated from the config fields."""
+    return "\n".join(
+        [
+            "# Configuration",
+            "",
+            "<!-- Generated by `tether config-doc` from src/tether/config.py; a test keeps",
+            "     this file and the code in step. Edit the code, then regenerate. -->",
+            "",
+            "Every option can be given as a keyword argument (`Hub(history_size=5000)`,",
+            "`Client(url, max_attempts=20)`), an environment variable, or a CLI flag",
+            "(`tether serve` takes the hub's, `tether listen` the client's).",
+            "Keywords win over environment variables, which win over defaults.",
+            "",
+            "## Hub (`Hub`, `tether serve`)",
+            "",
+            markdown_table(HubConfig),
+            "",
+            "## Client (`Client`, `tether listen`, the browser client)",
+            "",
+            markdown_table(ClientConfig),
+            "",
+        ]
+    )
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="warning", help="default: warning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run a hub (WebSocket at /ws, POST /publish, /healthz)")
+    add_arguments(p, HubConfig)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("publish", help="publish one message over HTTP")
+    p.add_argument("url", help="hub URL, e.g. http://127.0.0.1:8765")
+    p.add_argument("topic")
+    p.add_argument("json", help="the payload, as JSON")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("listen", help="subscribe and print messages (a resilient client)")
+    p.add_argument("url", help="hub URL, e.g. ws://127.0.0.1:8765/ws")
+    p.add_argument("--topic", action="append", required=True, help="repeat for more topics")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="JSON lines: messages on stdout, state changes, reconnects and resyncs on stderr",
+    )
+    p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
+    add_arguments(p, ClientConfig)
+    p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("chaos", help="a TCP proxy that cuts and stalls connections")
+    p.add_argument("--listen", default="127.0.0.1:9765", help="default 127.0.0.1:9765")
+    p.add_argument("--target", default="127.0.0.1:8765", help="default 127.0.0.1:8765")
+    p.add_argument("--duration", type=float, default=300.0, help="seconds; default 300")
+    p.add_argument("--cut-every", type=float, default=10.0, help="mean seconds between cuts")
+    p.add_argument("--stall-every", type=float, default=None, help="mean seconds between stalls")
+    p.add_argument("--stall-for", type=float, default=5.0, help="stall length; default 5 s")
+    p.set_defaults(func=cmd_chaos)
+
+    p = sub.add_parser("demo", help="a live feed that survives cuts, stalls and restarts")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config-doc", help="print docs/configuration.md")
+    p.set_defaults(func=cmd_config_doc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Any = args.func
+    return int(func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import json
+
+import msgspec
+
+from tether.client.session import (
+    ClientSession,
+    Delivery,
+    Resolved,
+    Resync,
+    ServerError,
+    SubscriptionConfirmed,
+    Welcomed,
+)
+from tether.config import OutboxPolicy
+from tether.outbox import Outbox
+from tether.protocol import (
+    Ack,
+    Cursor,
+    Gap,
+    Limits,
+    Message,
+    Nack,
+    Ping,
+    Subscribed,
+    Welcome,
+    encode,
+)
+
+
+def session() -> ClientSession:
+    s = ClientSession(
+        outbox=Outbox(max_size=10, policy=OutboxPolicy.REJECT_NEW),
+        heartbeat_interval=10,
+        heartbeat_timeout=5,
+        id_prefix="p",
+    )
+    s.subscribe("t")
+    s.connection_opened(now=0)
+    return s
+
+
+def msg(offset: int, epoch: str = "E", topic: str = "t") -> bytes:
+    return encode(
+        Message(
+            topic=topic,
+            epoch=epoch,
+            offset=offset,
+            ts=0,
+            data=msgspec.Raw(json.dumps({"o": offset}).encode()),
+        )
+    )
+
+
+def subscribed(head: int, *, epoch: str = "E", missing: list[Gap] | None = None) -> bytes:
+    return encode(
+        Subscribed(topic="t", epoch=epoch, head=head, recovered=not missing, missing=missing or [])
+    )
+
+
+def deliveries(events: list[object]) -> list[int]:
+    return [e.offset for e in events if isinstance(e, Delivery)]
+
+
+def test_fresh_subscribe_starts_at_head_then_delivers_next_offsets() -> None:
+    s = session()
+    events, _ = s.receive(subscribed(5), now=1)
+    assert events == [SubscriptionConfirmed("t", True)]
+    assert s.cursor("t") == Cursor(epoch="E", offset=5)
+    events, _ = s.receive(msg(6), now=1)
+    assert deliveries(events) == [6]
+    assert events[0] == Delivery("t", "E", 6, 0, {"o": 6}, False)
+
+
+def test_duplicates_are_dropped_never_delivered_twice() -> None:
+    s = session()
+    s.receive(subscribed(0), now=0)
+    got = []
+    for offset in (1, 2, 2, 1, 3):
+        events, _ = s.receive(msg(offset), now=0)
+        got += deliveries(events)
+    assert got == [1, 2, 3]
+    assert s.counters.duplicates_dropped == 2
+
+
+def test_live_gap_is_reported_before_the_message() -> None:
+    s = session()
+    s.receive(subscribed(0), now=0)
+    s.receive(msg(1), now=0)
+    events, _ = s.receive(msg(4), now=0)
+    assert events[0] == Resync("t", [Gap(epoch="E", start=2, end=3)])
+    assert deliveries(events) == [4]
+
+
+def test_epoch_change_in_live_stream_is_reported() -> None:
+    s = session()
+    s.receive(subscribed(0), now=0)
+    s.receive(msg(1), now=0)
+    events, _ = s.receive(msg(3, epoch="F"), now=0)
+    assert events[0] == Resync(
+        "t", [Gap(epoch="E", start=2, end=None), Gap(epoch="F", start=1, end=2)]
+    )
+    assert s.cursor("t") == Cursor(epoch="F", offset=3)
+
+
+def test_resume_frames_carry_cursor_and_replay_counts_as_recovered() -> None:
+    s = session()
+    s.receive(subscribed(3), now=0)
+    s.receive(msg(4), now=0)
+    s.connection_lost()
+    frames = s.connection_opened(now=1)
+    assert json.loads(frames[0]) == {
+        "type": "subscribe",
+        "topic": "t",
+        "resume": {"epoch": "E", "offset": 4},
+    }
+    s.receive(subscribed(6), now=1)
+    events5, _ = s.receive(msg(5), now=1)
+    events7, _ = s.receive(msg(7), now=1)
+    assert [e.recovered for e in events5 + events7 if isinstance(e, Delivery)] == [True, False]
+    assert s.counters.messages_recovered == 1
+
+
+def test_subscribed_with_gap_steps_cursor_over_it_and_reports() -> None:
+    s = session()
+    s.receive(subscribed(3), now=0)
+    s.connection_lost()
+    s.connection_opened(now=1)
+    events, _ = s.receive(subscribed(20, missing=[Gap(epoch="E", start=4, end=15)]), now=1)
+    assert Resync("t", [Gap(epoch="E", start=4, end=15)]) in events
+    assert s.cursor("t") == Cursor(epoch="E", offset=15)
+    events, _ = s.receive(msg(16), now=1)
+    assert deliveries(events) == [16]
+    assert not any(isinstance(e, Resync) for e in events)
+
+
+def test_restart_gap_moves_cursor_to_new_epoch() -> None:
+    s = session()
+    s.receive(subscribed(41), now=0)
+    s.connection_lost()
+    s.connection_opened(now=1)
+    s.receive(subscribed(3, epoch="F", missing=[Gap(epoch="E", start=42, end=None)]), now=1)
+    assert s.cursor("t") == Cursor(epoch="F", offset=0)
+    got = []
+    for offset in (1, 2, 3):
+        events, _ = s.receive(msg(offset, epoch="F"), now=1)
+        got += deliveries(events)
+    assert got == [1, 2, 3]
+
+
+def test_welcome_sets_heartbeat_and_ping_is_answered() -> None:
+    s = session()
+    welcome = Welcome(
+        version=1,
+        session="s",
+        heartbeat_ms=2000,
+        heartbeat_timeout_ms=1000,
+        limits=Limits(max_frame_bytes=1, max_subscriptions=1, dedup_window=1),
+        ts=0,
+    )
+    events, _ = s.receive(encode(welcome), now=0)
+    assert isinstance(events[0], Welcomed)
+    assert (s.heartbeat_interval, s.heartbeat_timeout) == (2.0, 1.0)
+    _, replies = s.receive(encode(Ping(ts=77)), now=0)
+    assert json.loads(replies[0]) == {"type": "pong", "ts": 77}
+
+
+def test_poll_pings_when_due_and_declares_death_past_deadline() -> None:
+    s = session()  # interval 10, timeout 5, opened at 0
+    assert s.poll(now=5).frames == []
+    assert json.loads(s.poll(now=10).frames[0])["type"] == "ping"
+    s.receive(msg(1), now=12)  # any frame counts as a sign of life
+    assert not s.poll(now=26).dead
+    assert s.poll(now=27.1).dead
+
+
+def test_acks_and_nacks_resolve_outbox_items_once() -> None:
+    s = session()
+    item = s.make_send("e", {"x": 1}, expires_at=99)
+    s.outbox.add(item)
+    assert s.take_unsent() == [item.frame]
+    events, _ = s.receive(encode(Ack(id=item.id, result=7)), now=0)
+    assert events == [Resolved(item, True, result=7)]
+    events, _ = s.receive(encode(Ack(id=item.id, result=7)), now=0)
+    assert events == []  # a second answer to the same id resolves nothing
+    other = s.make_send("e", None, expires_at=99)
+    s.outbox.add(other)
+    events, _ = s.receive(encode(Nack(id=other.id, code="no_handler", message="m")), now=0)
+    assert events == [Resolved(other, False, code="no_handler", message="m")]
+
+
+def test_garbage_from_hub_is_surfaced_not_raised() -> None:
+    s = session()
+    events, _ = s.receive(b"{nope", now=0)
+    assert isinstance(events[0], ServerError)
+    assert s.counters.protocol_errors == 1
+
+
+def test_messages_for_unknown_topics_are_ignored() -> None:
+    s = session()
+    events, _ = s.receive(msg(1, topic="other"), now=0)
+    assert events == []

@@ -1,13 +1,7 @@
-"""Shared fixtures: real hubs on 127.0.0.1, chaos proxies, and a scalable time unit.
-
-``TETHER_TEST_TIME_UNIT`` (seconds, default 0.1) scales every interval the
-integration tests use: heartbeats, backoff, cooldowns. Raise it on a slow
-machine to trade speed for margin; nothing is asserted about wall-clock speed.
-"""
+"""Shared fixtures: real hubs on 127.0.0.1 and chaos proxies (see tests/support.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,8 +12,7 @@ from tether import Hub
 from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
-#: The scalable time unit, in seconds.
-T = float(os.environ.get("TETHER_TEST_TIME_UNIT", "0.1"))
+from .support import hub_options
 
 _skipped: list[str] = []
 
@@ -34,32 +27,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI") == "true" and _skipped and session.exitstatus == 0:
         print(f"\nCI=true: {len(_skipped)} skipped test(s) count as failures: {_skipped}")
         session.exitstatus = 1
-
-
-def hub_options(**overrides: Any) -> dict[str, Any]:
-    """Hub settings scaled to the test time unit (port 0: a free port)."""
-    options: dict[str, Any] = {
-        "port": 0,
-        "heartbeat_interval": 3 * T,
-        "heartbeat_timeout": 3 * T,
-        "restart_spread": 5 * T,
-        "shutdown_timeout": 1.0,
-    }
-    options.update(overrides)
-    return options
-
-
-def client_options(**overrides: Any) -> dict[str, Any]:
-    """Client settings scaled to the test time unit."""
-    options: dict[str, Any] = {
-        "backoff_base": T,
-        "backoff_cap": 5 * T,
-        "connect_timeout": 20 * T,
-        "stable_after": 50 * T,
-        "circuit_cooldown": 20 * T,
-    }
-    options.update(overrides)
-    return options
 
 
 StartHub = Callable[..., Awaitable[HubServer]]
@@ -93,15 +60,3 @@ async def chaos(hub_server: HubServer) -> AsyncIterator[ChaosProxy]:
     await proxy.start()
     yield proxy
     await proxy.stop()
-
-
-async def eventually(
-    predicate: Callable[[], bool], *, timeout: float = 100 * T, what: str = "condition"
-) -> None:
-    """Wait until ``predicate()`` holds; fail with ``what`` after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(min(0.01, T / 10))

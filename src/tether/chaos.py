@@ -47,10 +47,13 @@ class _Pipe(asyncio.Protocol):
         self.relay = relay
         self.side = side
         self.transport: asyncio.Transport | None = None
+        self.refuse = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.refuse:
+            transport.abort()  # RST: what a client sees when nothing listens
 
     def data_received(self, data: bytes) -> None:
         self.relay.forward(self.side, data)
@@ -159,8 +162,8 @@ class ChaosProxy:
         relay = _Relay(self)
         if self.mode is Mode.REFUSE:
             self.stats.refused += 1
-            loop = asyncio.get_running_loop()
-            loop.call_soon(relay.abort)
+            relay.closed = True
+            relay.downstream.refuse = True
             return relay.downstream
         self.stats.accepted += 1
         self._relays.add(relay)

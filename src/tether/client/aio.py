@@ -208,6 +208,10 @@ class Client:
         """Where ``topic`` stands; persist it and pass it back as ``resume`` after a restart."""
         return self._session.cursor(topic)
 
+    def is_live(self, topic: str) -> bool:
+        """True while ``topic`` is subscribed on a live connection (not stale)."""
+        return self._session.is_live(topic)
+
     async def start(self) -> None:
         """Start connecting in the background (returns at once)."""
         if self._task is not None:

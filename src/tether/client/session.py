@@ -233,8 +233,10 @@ class ClientSession:
             sub.confirmed = False
         self.outbox.mark_all_unsent()
 
-    def all_confirmed(self) -> bool:
-        return all(sub.confirmed for sub in self._subs.values())
+    def is_live(self, topic: str) -> bool:
+        """Connected, and the hub confirmed ``topic``'s subscription on this connection."""
+        sub = self._subs.get(topic)
+        return self.connected and sub is not None and sub.confirmed
 
     # --- heartbeat ----------------------------------------------------------------------
 

@@ -56,17 +56,15 @@ class HubServer:
         self.hub = hub
         self._server = _EmbeddedServer(server_config(hub, app=app, log_level=log_level))
         self._task: asyncio.Task[None] | None = None
+        self._port = hub.config.port
 
     def __repr__(self) -> str:
         return f"<HubServer {self.url} running={self._task is not None}>"
 
     @property
     def port(self) -> int:
-        servers = getattr(self._server, "servers", [])
-        if servers:
-            port: int = servers[0].sockets[0].getsockname()[1]
-            return port
-        return self.hub.config.port
+        """The port actually bound (known once started; kept after stop for restarts)."""
+        return self._port
 
     @property
     def url(self) -> str:
@@ -84,6 +82,7 @@ class HubServer:
                 self._task.result()  # raises the startup error (e.g. port in use)
                 raise RuntimeError("hub server exited during startup")
             await asyncio.sleep(0.01)
+        self._port = self._server.servers[0].sockets[0].getsockname()[1]
         logger.info("tether hub on %s", self.url)
 
     async def stop(self) -> None:

@@ -1,0 +1,323 @@
+"""The conformance scenarios of docs/protocol.md, for the Python client.
+
+Each test is one numbered scenario, run against a real hub on 127.0.0.1, with a
+real chaos proxy where the network must misbehave. The browser client runs the
+same list in Chromium.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from tether import Gap, Hub, Incoming, NackError, State
+from tether.chaos import ChaosProxy
+from tether.server.serve import HubServer
+
+from ..conftest import StartHub
+from ..support import Recorder, T, eventually, hub_options
+
+
+def proxy_url(proxy: ChaosProxy) -> str:
+    return f"ws://127.0.0.1:{proxy.port}/ws"
+
+
+async def test_s01_first_connect(hub_server: HubServer) -> None:
+    rec = Recorder(hub_server.url)
+    await rec.subscribed("t")
+    assert rec.state_sequence() == [State.CONNECTING, State.CONNECTED]
+    assert rec.reconnects == 0
+    assert rec.client.metrics.successful_connects == 1
+    await rec.close()
+    assert rec.state_sequence()[-1] is State.CLOSED
+
+
+async def test_s02_cut_resume_exactly_once_in_order(
+    hub_server: HubServer, chaos: ChaosProxy
+) -> None:
+    hub = hub_server.hub
+    rec = Recorder(proxy_url(chaos))
+    await rec.subscribed("t")
+    total = 300
+
+    async def publish() -> None:
+        for n in range(total):
+            await hub.publish("t", {"n": n})
+            await asyncio.sleep(T / 20)
+
+    publisher = asyncio.create_task(publish())
+    cuts = 0
+    while not publisher.done():
+        await asyncio.sleep(3 * T)
+        if rec.client.state is State.CONNECTED:
+            cuts += chaos.cut() > 0
+    await publisher
+    await eventually(lambda: len(rec.deliveries) >= total, what="all messages")
+    await asyncio.sleep(T)
+    assert rec.offsets("t") == list(range(1, total + 1))
+    assert [d.data["n"] for d in rec.deliveries] == list(range(total))
+    assert cuts >= 3
+    assert rec.reconnects == rec.client.metrics.total_reconnects >= 3
+    assert rec.resyncs == []
+    assert rec.client.metrics.messages_recovered > 0
+    await rec.close()
+
+
+async def test_s03_resume_with_zero_messages_before_the_drop(
+    hub_server: HubServer, chaos: ChaosProxy
+) -> None:
+    rec = Recorder(proxy_url(chaos))
+    await rec.subscribed("t")
+    assert rec.deliveries == []
+    chaos.refuse()
+    chaos.cut()
+    await eventually(lambda: rec.client.state is State.RECONNECTING, what="reconnecting")
+    for n in range(5):
+        await hub_server.hub.publish("t", n)
+    chaos.heal()
+    await eventually(lambda: len(rec.deliveries) == 5, what="replayed messages")
+    assert rec.offsets("t") == [1, 2, 3, 4, 5]
+    assert all(d.recovered for d in rec.deliveries)
+    assert rec.resyncs == []
+    await rec.close()
+
+
+async def test_s04_half_open_detected_within_deadline(start_hub: StartHub) -> None:
+    server = await start_hub(heartbeat_interval=2 * T, heartbeat_timeout=2 * T)
+    proxy = ChaosProxy(target=("127.0.0.1", server.port))
+    await proxy.start()
+    rec = Recorder(proxy_url(proxy))
+    await rec.subscribed("t")
+    await server.hub.publish("t", "before")
+    await eventually(lambda: len(rec.deliveries) == 1, what="first message")
+
+    stalled_at = time.monotonic()
+    proxy.stall()  # bytes stop flowing both ways, no FIN, no RST
+    await server.hub.publish("t", "during")
+    await eventually(lambda: rec.client.state is State.RECONNECTING, what="stall detected")
+    detected_after = time.monotonic() - stalled_at
+    deadline = 4 * T  # heartbeat_interval + heartbeat_timeout, adopted from welcome
+    assert detected_after <= deadline + 2 * T, detected_after
+    assert rec.client.metrics.heartbeat_failures == 1
+
+    proxy.heal()
+    await server.hub.publish("t", "after")
+    await eventually(lambda: len(rec.deliveries) == 3, what="recovery")
+    assert [d.data for d in rec.deliveries] == ["before", "during", "after"]
+    assert rec.resyncs == []
+    await rec.close()
+    await proxy.stop()
+
+
+async def test_s05_restart_reports_the_exact_gap(start_hub: StartHub) -> None:
+    first = await start_hub()
+    rec = Recorder(first.url)
+    await rec.subscribed("t")
+    for n in range(5):
+        await first.hub.publish("t", n)
+    await eventually(lambda: len(rec.deliveries) == 5, what="first epoch")
+    old_epoch = rec.deliveries[0].epoch
+
+    await first.stop()  # in-memory history dies with it
+    second = await start_hub(Hub(**hub_options(port=first.port)))
+    for n in range(3):
+        await second.hub.publish("t", f"new-{n}")
+    await eventually(lambda: len(rec.deliveries) == 8, what="new epoch delivered")
+
+    assert rec.resyncs == [("t", [Gap(epoch=old_epoch, start=6, end=None)])]
+    new = rec.deliveries[5:]
+    assert [d.offset for d in new] == [1, 2, 3]
+    assert len({d.epoch for d in new}) == 1 and new[0].epoch != old_epoch
+    assert rec.client.metrics.resyncs == 1
+    await rec.close()
+
+
+async def test_s06_history_too_short_reports_evicted_range(start_hub: StartHub) -> None:
+    server = await start_hub(history_size=5)
+    proxy = ChaosProxy(target=("127.0.0.1", server.port))
+    await proxy.start()
+    rec = Recorder(proxy_url(proxy))
+    await rec.subscribed("t")
+    for n in range(2):
+        await server.hub.publish("t", n)
+    await eventually(lambda: len(rec.deliveries) == 2, what="live messages")
+    epoch = rec.deliveries[0].epoch
+    proxy.refuse()
+    proxy.cut()
+    for n in range(2, 20):
+        await server.hub.publish("t", n)
+    proxy.heal()
+    await eventually(lambda: len(rec.deliveries) == 7, what="replay of retained history")
+    assert rec.resyncs == [("t", [Gap(epoch=epoch, start=3, end=15)])]
+    assert rec.offsets("t") == [1, 2, 16, 17, 18, 19, 20]
+    await rec.close()
+    await proxy.stop()
+
+
+async def test_s07_outbox_flushed_in_order_after_reconnect(
+    hub_server: HubServer, chaos: ChaosProxy
+) -> None:
+    seen: list[Any] = []
+
+    @hub_server.hub.on("note")
+    async def note(msg: Incoming) -> int:
+        seen.append(msg.data)
+        return len(seen)
+
+    rec = Recorder(proxy_url(chaos))
+    await rec.subscribed("t")
+    chaos.refuse()
+    chaos.cut()
+    await eventually(lambda: rec.client.state is State.RECONNECTING, what="offline")
+    futures = [await rec.client.send("note", n, wait_ack=False) for n in range(10)]
+    assert rec.client.metrics.outbox_size == 10
+    chaos.heal()
+    results = await asyncio.wait_for(asyncio.gather(*futures), 100 * T)
+    assert seen == list(range(10))
+    assert results == list(range(1, 11))
+    assert rec.client.metrics.outbox_size == 0
+    await rec.close()
+
+
+async def test_s08_lost_ack_retry_runs_handler_once(
+    hub_server: HubServer, chaos: ChaosProxy
+) -> None:
+    runs: list[Any] = []
+
+    @hub_server.hub.on("charge")
+    async def charge(msg: Incoming) -> dict[str, Any]:
+        runs.append(msg.id)
+        if len(runs) == 1:
+            chaos.cut()  # the connection dies before the ack can be written
+            await asyncio.sleep(T)
+        return {"charged": msg.data}
+
+    rec = Recorder(proxy_url(chaos))
+    await rec.subscribed("t")
+    result = await asyncio.wait_for(rec.client.send("charge", 42), 100 * T)
+    assert result == {"charged": 42}
+    assert len(runs) == 1
+    assert hub_server.hub.stats.sends_deduplicated >= 1
+    assert rec.reconnects >= 1
+    await rec.close()
+
+
+class FixedHintHub(Hub):
+    """A hub whose restart hint is fixed, so the client's wait can be checked."""
+
+    hint_ms = int(15 * T * 1000)
+
+    def restart_reason(self) -> str:
+        return json.dumps({"retry_after_ms": self.hint_ms, "message": "server restarting"})
+
+
+async def test_s09_restart_hint_is_honoured(start_hub: StartHub) -> None:
+    first = await start_hub(FixedHintHub(**hub_options()))
+    # A tiny backoff: if the client ignored the hint it would be back almost at once.
+    rec = Recorder(first.url, backoff_base=T / 50, backoff_cap=T / 50)
+    await rec.subscribed("t")
+    await first.stop()
+    await start_hub(Hub(**hub_options(port=first.port)))
+    await eventually(lambda: rec.client.metrics.total_reconnects == 1, what="reconnect")
+    times = {new: at for _, new, at in rec.states}
+    waited = times[State.CONNECTED] - times[State.RECONNECTING]
+    assert waited >= FixedHintHub.hint_ms / 1000 - T / 10, waited
+    assert rec.client.metrics.failed_reconnects == 0
+    await rec.close()
+
+
+async def test_s10_circuit_breaker_probe_and_manual_reconnect(
+    hub_server: HubServer, chaos: ChaosProxy
+) -> None:
+    rec = Recorder(proxy_url(chaos), max_attempts=3, circuit_cooldown=10 * T, stable_after=T)
+    await rec.subscribed("t")
+    # Until it has been up for stable_after, a connection still counts as an attempt.
+    await eventually(lambda: rec.client.metrics.reconnect_attempts == 0, what="stable")
+    chaos.refuse()
+    chaos.cut()
+    await eventually(lambda: rec.client.state is State.FAILED, what="circuit open")
+    m = rec.client.metrics
+    assert m.is_circuit_open and m.circuit_breaker_trips == 1
+    assert m.failed_reconnects == 3
+    # Half-open: after the cooldown one probe runs; it fails and the circuit trips again.
+    opened_at = time.monotonic()
+    await eventually(lambda: rec.client.metrics.circuit_breaker_trips == 2, what="probe")
+    assert time.monotonic() - opened_at >= 10 * T - T / 10
+    assert State.RECONNECTING in rec.state_sequence()[-2:]
+    # reconnect() works at any time and does not wait for the cooldown.
+    chaos.heal()
+    rec.client.reconnect()
+    await rec.client.wait_for(State.CONNECTED, timeout=5 * T)
+    assert rec.client.metrics.reconnect_attempts == 1
+    await rec.close()
+
+
+async def test_s11_auth_failure_does_not_loop() -> None:
+    attempts: list[float] = []
+
+    async def refuse(ws: WebSocket) -> None:
+        attempts.append(time.monotonic())
+        await ws.accept()
+        await ws.close(code=1008, reason="invalid token")
+
+    app = Starlette(routes=[WebSocketRoute("/ws", refuse)])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, what="server up")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    rec = Recorder(f"ws://127.0.0.1:{port}/ws", circuit_cooldown=1000 * T)
+    await rec.client.start()
+    await rec.client.wait_for(State.FAILED, timeout=50 * T)
+    await asyncio.sleep(10 * T)
+    assert len(attempts) == 1
+    assert rec.client.state is State.FAILED
+    assert "1008" in (rec.client.metrics.last_error or "")
+    await rec.close()
+    server.should_exit = True
+    await task
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "invalid_json"),
+        ('{"type":"subscribe","topic":42}', "invalid_frame"),
+        ('{"type":"explode"}', "invalid_frame"),
+        (b"\x00\x01binary", "binary_frame"),
+    ],
+)
+async def test_s12_bad_input_gets_error_and_others_unaffected(
+    hub_server: HubServer, frame: str | bytes, code: str
+) -> None:
+    bystander = Recorder(hub_server.url)
+    await bystander.subscribed("t")
+    async with websockets.connect(hub_server.url) as ws:
+        welcome = json.loads(await ws.recv())
+        assert welcome["type"] == "welcome"
+        await ws.send(frame)
+        error = json.loads(await ws.recv())
+        assert error["type"] == "error" and error["code"] == code and error["message"]
+        # The connection is still usable afterwards.
+        await ws.send('{"type":"ping","ts":1}')
+        assert json.loads(await ws.recv()) == {"type": "pong", "ts": 1}
+    await hub_server.hub.publish("t", "still here")
+    await eventually(lambda: len(bystander.deliveries) == 1, what="bystander delivery")
+    await bystander.close()
+
+
+async def test_s12_nack_for_unknown_event(hub_server: HubServer) -> None:
+    rec = Recorder(hub_server.url)
+    await rec.subscribed("t")
+    with pytest.raises(NackError) as info:
+        await rec.client.send("nobody.listens", {})
+    assert info.value.code == "no_handler"
+    await rec.close()

@@ -223,7 +223,7 @@ class Hub:
                 missing=replay.missing,
             )
         )
-        link.send_frames([reply, *replay.frames])
+        link.send_frames([reply, *replay.frames], replay=bool(replay.frames))
         self.stats.replayed += len(replay.frames)
         if replay.missing:
             self.stats.resumes_with_loss += 1

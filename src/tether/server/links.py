@@ -9,6 +9,11 @@ bounded per-connection queue drained by a writer task.
 
 Both enforce ``max_send_buffer_bytes``: past it, ``on_overflow`` is called and
 the hub cuts the connection off (close 4008) instead of buffering without bound.
+A resume replay is written in one burst and may alone exceed that limit (1000
+messages of 1 KB is 1 MB), which would cut the client off on every resume, for
+ever. So a replay grants a *grace* of its own size on top of the limit; the
+grace shrinks as the buffer drains and never grows back, so only live backlog
+is held to the limit and the memory bound stays history size + limit.
 """
 
 from __future__ import annotations
@@ -57,14 +62,14 @@ class Link(Protocol):
     closed: bool
 
     def deliver(self, batch: Batch) -> None: ...
-    def send_frames(self, frames: list[bytes]) -> None: ...
+    def send_frames(self, frames: list[bytes], *, replay: bool = False) -> None: ...
     def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None: ...
 
 
 class RawTransportLink:
     """Writes pre-framed bytes directly to the connection's asyncio transport."""
 
-    __slots__ = ("_raw", "closed", "identity", "limit", "on_overflow", "session")
+    __slots__ = ("_raw", "closed", "grace", "identity", "limit", "on_overflow", "session")
 
     def __init__(
         self,
@@ -81,6 +86,7 @@ class RawTransportLink:
         self.on_overflow = on_overflow
         self.identity = identity
         self.closed = False
+        self.grace = 0
 
     def __repr__(self) -> str:
         return f"<RawTransportLink {self.session.id} closed={self.closed}>"
@@ -93,14 +99,20 @@ class RawTransportLink:
             self.closed = True
             return
         transport.write(data)
-        if transport.get_write_buffer_size() > self.limit:
+        buffered = transport.get_write_buffer_size()
+        if self.grace and buffered < self.grace:
+            self.grace = buffered  # the replay burst is draining: shrink the allowance
+        if buffered > self.limit + self.grace:
             self.on_overflow(self)
 
     def deliver(self, batch: Batch) -> None:
         self._write(batch.wire())
 
-    def send_frames(self, frames: list[bytes]) -> None:
-        self._write(b"".join([ws_text_frame(f) for f in frames]))
+    def send_frames(self, frames: list[bytes], *, replay: bool = False) -> None:
+        data = b"".join([ws_text_frame(f) for f in frames])
+        if replay:
+            self.grace += len(data)
+        self._write(data)
 
     def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None:
         if self.closed:
@@ -120,6 +132,7 @@ class QueuedAsgiLink:
         "_send",
         "_task",
         "closed",
+        "grace",
         "identity",
         "limit",
         "on_overflow",
@@ -141,6 +154,7 @@ class QueuedAsgiLink:
         self.on_overflow = on_overflow
         self.identity = identity
         self.closed = False
+        self.grace = 0
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._ready = asyncio.Event()
@@ -150,14 +164,19 @@ class QueuedAsgiLink:
     def __repr__(self) -> str:
         return f"<QueuedAsgiLink {self.session.id} queued={len(self._queue)} closed={self.closed}>"
 
-    def send_frames(self, frames: list[bytes]) -> None:
+    def send_frames(self, frames: list[bytes], *, replay: bool = False) -> None:
         if self.closed:
             return
         for frame in frames:
             self._queue.append(frame)
             self._queued_bytes += len(frame)
+            if replay:
+                self.grace += len(frame)
         self._ready.set()
-        if self._queued_bytes > self.limit:
+        queued = self._queued_bytes
+        if self.grace and queued < self.grace:
+            self.grace = queued
+        if queued > self.limit + self.grace:
             self.on_overflow(self)
 
     def deliver(self, batch: Batch) -> None:

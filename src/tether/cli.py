@@ -58,15 +58,27 @@ def _ws_url(url: str) -> str:
 # --- serve ------------------------------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace) -> int:
     from .server import Hub
-    from .server.serve import serve
+    from .server.serve import HubServer
 
-    _log_setup(args.log_level)
     hub = Hub(config=from_env(HubConfig, **_options(args, HubConfig)))
-    print(f"tether hub on ws://{hub.config.host}:{hub.config.port}/ws", file=sys.stderr)
-    asyncio.run(serve(hub, log_level=args.log_level))
+    server = HubServer(hub, log_level=args.log_level)
+    await server.start()
+    print(f"tether hub on {server.url}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # Graceful: stop accepting, close every client with 1012 + a spread retry hint, drain.
+    await server.stop()
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _log_setup(args.log_level)
+    return asyncio.run(_serve(args))
 
 
 # --- publish ----------------------------------------------------------------------------------

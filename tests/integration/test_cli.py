@@ -1,0 +1,206 @@
+"""End to end through the CLI: ``tether serve``, ``tether listen --json``, ``tether publish``.
+
+A listener behind a chaos proxy lives through repeated cuts, a half-open stall
+and a server restart (SIGTERM, then a fresh process with empty history). It must
+print every offset exactly once and report the restart's gap on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tether.chaos import ChaosProxy
+
+from ..support import T, eventually
+
+TETHER = [sys.executable, "-m", "tether.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Proc:
+    """A subprocess whose stdout/stderr lines are collected as they arrive."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.out: list[str] = []
+        self.err: list[str] = []
+        assert proc.stdout is not None and proc.stderr is not None
+        self._tasks = [
+            asyncio.create_task(self._pump(proc.stdout, self.out)),
+            asyncio.create_task(self._pump(proc.stderr, self.err)),
+        ]
+
+    @staticmethod
+    async def _pump(stream: asyncio.StreamReader, lines: list[str]) -> None:
+        while line := await stream.readline():
+            lines.append(line.decode().rstrip("\n"))
+
+    def json_err(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.err if line.startswith("{")]
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.gather(*self._tasks)
+        return code
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await asyncio.gather(*self._tasks)
+        return code
+
+
+async def spawn(*args: str) -> Proc:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        *TETHER, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    return Proc(proc)
+
+
+async def start_serve(port: int) -> Proc:
+    server = await spawn(
+        "serve",
+        "--port",
+        str(port),
+        "--heartbeat-interval",
+        str(3 * T),
+        "--heartbeat-timeout",
+        str(3 * T),
+        "--restart-spread",
+        str(5 * T),
+    )
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"tether serve did not start: {server.err}")
+
+
+@pytest.fixture
+async def procs() -> AsyncIterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        if proc.proc.returncode is None:
+            await proc.stop(signal.SIGKILL)
+
+
+async def test_listen_survives_cuts_stall_and_restart(procs: list[Proc], tmp_path: Path) -> None:
+    port = free_port()
+    server = await start_serve(port)
+    procs.append(server)
+    proxy = ChaosProxy(target=("127.0.0.1", port))
+    await proxy.start()
+    listener = await spawn(
+        "listen",
+        f"ws://127.0.0.1:{proxy.port}/ws",
+        "--topic",
+        "jobs",
+        "--json",
+        "--backoff-base",
+        str(T),
+        "--backoff-cap",
+        str(3 * T),
+        "--connect-timeout",
+        str(10 * T),
+    )
+    procs.append(listener)
+    await eventually(
+        lambda: any(e.get("to") == "connected" for e in listener.json_err()), what="listening"
+    )
+    # "connected" precedes the hub's confirmation of the (pipelined) subscribe by a moment;
+    # a fresh subscription starts live, so give it that moment before the first publish.
+    await asyncio.sleep(5 * T)
+    base = f"http://127.0.0.1:{port}"
+    published = 0
+
+    async def publish(http: httpx.AsyncClient, n: int) -> None:
+        nonlocal published
+        for _ in range(n):
+            reply = await http.post(f"{base}/publish", json={"topic": "jobs", "data": published})
+            assert reply.status_code == 200
+            published += 1
+            await asyncio.sleep(T / 10)
+
+    # The CLI publisher works too.
+    one = await spawn("publish", base, "jobs", json.dumps({"via": "cli"}))
+    assert await one.wait() == 0, one.err
+    assert json.loads(one.out[0])["offset"] == 1
+    published = 1
+
+    async with httpx.AsyncClient() as http:
+
+        def connected() -> bool:
+            states = [e for e in listener.json_err() if e["event"] == "state"]
+            return states[-1]["to"] == "connected"
+
+        for _ in range(3):  # repeated cuts while publishing
+            await publish(http, 10)
+            await eventually(connected, what="connected before the cut")
+            assert proxy.cut() == 1
+        await publish(http, 10)
+        await eventually(connected, what="connected before the stall")
+        proxy.stall()  # half-open: detected by the listener's heartbeat deadline
+        await publish(http, 5)
+        await eventually(
+            lambda: any(e.get("to") == "reconnecting" for e in listener.json_err()[-3:]),
+            what="stall detected",
+        )
+        proxy.heal()
+        await publish(http, 5)
+        first_epoch_total = published
+        await eventually(lambda: len(listener.out) == first_epoch_total, what="caught up")
+
+        # Restart: SIGTERM exits promptly; the new process has a new epoch and empty history.
+        assert await server.stop(signal.SIGTERM, timeout=10) == 0
+        server = await start_serve(port)
+        procs.append(server)
+        published = 0
+        await publish(http, 10)
+
+    await eventually(lambda: len(listener.out) == first_epoch_total + 10, what="new epoch")
+    await listener.stop(signal.SIGINT)
+    await proxy.stop()
+
+    lines = [json.loads(line) for line in listener.out]
+    epochs = list(dict.fromkeys(line["epoch"] for line in lines))
+    assert len(epochs) == 2
+    for epoch, count in zip(epochs, (first_epoch_total, 10), strict=True):
+        offsets = [line["offset"] for line in lines if line["epoch"] == epoch]
+        assert offsets == list(range(1, count + 1)), (epoch, offsets)
+    assert [line["data"] for line in lines[1:first_epoch_total]] == list(
+        range(1, first_epoch_total)
+    )
+    events = listener.json_err()
+    resyncs = [e for e in events if e["event"] == "resync"]
+    assert resyncs == [
+        {
+            "event": "resync",
+            "topic": "jobs",
+            "missing": [{"epoch": epochs[0], "from": first_epoch_total + 1, "to": None}],
+        }
+    ]
+    assert sum(1 for e in events if e["event"] == "reconnect") >= 5

@@ -30,7 +30,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -432,6 +432,17 @@ class Hub:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """Lifespan for the app that mounts the hub (``FastAPI(lifespan=hub.lifespan)``).
+
+        Mounted sub-apps get no lifespan events of their own; on shutdown this closes
+        every client with 1012 and a spread retry hint, then stops the hub's tasks.
+        """
+        yield
+        self.close_all()
+        await self.aclose()
 
     def asgi(self) -> Any:
         """The hub's ASGI app (``/ws``, ``POST /publish``, ``GET /healthz``)."""

@@ -1,0 +1,827 @@
+"""Fan-out benchmark: one topic, many WebSocket subscribers, Tether vs a plain `websockets` server.
+
+Run ``python benchmarks/fanout.py`` (``make bench``; about 5 minutes) or ``--quick`` (< 1 minute).
+The method and the latest results are in ``docs/benchmarks.md``.
+
+Three processes take part:
+
+* the **server** under test (``--role tether-server`` or ``--role ws-server``, a subprocess of
+  this script) pinned to CPU 0. It also runs the **publisher**: a task that publishes ~100-byte
+  JSON payloads carrying ``time.time()`` at a given rate, directly in the server's event loop
+  (``hub.publish_nowait`` for Tether, ``websockets.broadcast`` for the baseline), so both
+  servers pay for their whole publish path and nothing else. It is driven over stdin/stdout
+  (``rate R``, ``stats``, ``gc``, ``quit``) and reports its CPU time (``time.process_time()``:
+  the kernel's CPU accounting for the process, in ns), its publish count and how late it ran.
+* the **load generator**, this process, pinned to CPU 1: N raw TCP sockets doing the WebSocket
+  client handshake by hand, one epoll loop, and a frame scanner that only reads frame headers
+  (it looks at the payload of one frame in ten to extract the publish timestamp). It is also
+  the orchestrator.
+
+For each publish rate (a *step*) it warms up, measures, stops the publisher, then waits for the
+stragglers so that reach (received / (published x N)) is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import gc
+import json
+import os
+import platform
+import resource
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TOPIC = "bench"
+PAD = "x" * 54  # makes the payload {"t0":...,"seq":...,"pad":"..."} ~100 bytes
+SERVER_CPU = 0
+LOADGEN_CPU = 1
+SAMPLE_EVERY = 10  # extract the publish timestamp from one message frame in ten
+LOADGEN_VALID_MAX = 0.85  # a step whose load generator used more of its core is invalid
+P99_LIMIT = 0.250
+REACH_MIN = 0.999
+RATE_KEPT_MIN = 0.97  # the publisher achieved >= 97% of the step's rate
+
+MSG_PREFIX = b'{"type":"message"'
+SUBSCRIBED_PREFIX = b'{"type":"subscribed"'
+T0_KEY = b'"t0":'
+
+
+# --- shared helpers -------------------------------------------------------------------------
+
+
+def pin(cpu: int) -> None:
+    """Pin this process to one CPU (no-op where unsupported or the CPU does not exist)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, {cpu})
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process from /proc/PID/stat (clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- server side (subprocess, CPU 0) --------------------------------------------------------
+
+
+class Publisher:
+    """Publishes at ``rate`` messages/s: each wake-up publishes every message due by then."""
+
+    def __init__(self, publish: Callable[[dict[str, Any]], None]) -> None:
+        self.publish = publish
+        self.rate = 0.0
+        self.t_start = 0.0
+        self.done = 0  # messages published since the rate was set
+        self.published = 0  # since start
+        self.seq = 0
+        self.max_late = 0.0  # since the last stats
+        self.max_burst = 0  # since the last stats
+        self.wake = asyncio.Event()
+
+    def set_rate(self, rate: float) -> None:
+        self.rate = rate
+        self.t_start = time.monotonic()
+        self.done = 0
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            rate = self.rate
+            if rate <= 0:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            now = time.monotonic()
+            due = int((now - self.t_start) * rate)
+            n = due - self.done
+            if n > 0:
+                late = now - (self.t_start + (self.done + 1) / rate)
+                self.max_late = max(self.max_late, late)
+                self.max_burst = max(self.max_burst, n)
+                publish = self.publish
+                for _ in range(n):
+                    self.seq += 1
+                    publish({"t0": time.time(), "seq": self.seq, "pad": PAD})
+                self.done = due
+                self.published += n
+            delay = self.t_start + (self.done + 1) / rate - time.monotonic()
+            await asyncio.sleep(max(0.0, min(delay, 0.05)))
+
+
+async def _tether_server() -> tuple[int, Callable[[dict[str, Any]], None], Callable[[], dict]]:
+    from tether.server.hub import Hub
+    from tether.server.serve import HubServer
+
+    hub = Hub(host="127.0.0.1", port=0, heartbeat_interval=3600.0, heartbeat_timeout=3600.0)
+    server = HubServer(hub)
+    await server.start()
+
+    def publish(data: dict[str, Any]) -> None:
+        hub.publish_nowait(TOPIC, data)
+
+    def info() -> dict[str, Any]:
+        return {"conns": hub.connection_count, "slow_consumers": hub.stats.slow_consumers}
+
+    # Keep a reference: the server task lives as long as the process.
+    _tether_server.keep = server  # type: ignore[attr-defined]
+    return server.port, publish, info
+
+
+async def _ws_server() -> tuple[int, Callable[[dict[str, Any]], None], Callable[[], dict]]:
+    import msgspec
+    from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+    encoder = msgspec.json.Encoder()
+    connections: set[ServerConnection] = set()
+    epoch = os.urandom(6).hex()
+    state = {"offset": 0}
+
+    async def handler(ws: ServerConnection) -> None:
+        try:
+            async for message in ws:
+                frame = json.loads(message)
+                if frame.get("type") == "subscribe":
+                    connections.add(ws)
+                    reply = {"type": "subscribed", "topic": frame["topic"], "epoch": epoch}
+                    await ws.send(json.dumps(reply, separators=(",", ":")))
+        finally:
+            connections.discard(ws)
+
+    server = await serve(
+        handler, "127.0.0.1", 0, compression=None, ping_interval=None, backlog=2048
+    )
+
+    def publish(data: dict[str, Any]) -> None:
+        # The same frame shape as Tether's `message`, encoded once, sent as a text frame.
+        state["offset"] += 1
+        frame = encoder.encode(
+            {
+                "type": "message",
+                "topic": TOPIC,
+                "epoch": epoch,
+                "offset": state["offset"],
+                "ts": int(time.time() * 1000),
+                "data": data,
+            }
+        )
+        broadcast(connections, frame, text=True)
+
+    def info() -> dict[str, Any]:
+        return {"conns": len(connections), "slow_consumers": 0}
+
+    _ws_server.keep = server  # type: ignore[attr-defined]
+    port: int = server.sockets[0].getsockname()[1]
+    return port, publish, info
+
+
+def _reply(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def server_main(kind: str) -> None:
+    start = _tether_server if kind == "tether" else _ws_server
+    port, publish, info = await start()
+    publisher = Publisher(publish)
+    pub_task = asyncio.create_task(publisher.run())
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    _reply({"ready": True, "port": port, "pid": os.getpid()})
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        cmd, *args = line.decode().split()
+        if cmd == "rate":
+            publisher.set_rate(float(args[0]))
+            _reply({"ok": True})
+        elif cmd == "stats":
+            _reply(
+                {
+                    "published": publisher.published,
+                    "cpu": time.process_time(),
+                    "mono": time.monotonic(),
+                    "max_late": publisher.max_late,
+                    "max_burst": publisher.max_burst,
+                    **info(),
+                }
+            )
+            publisher.max_late = 0.0
+            publisher.max_burst = 0
+        elif cmd == "gc":
+            gc.collect()
+            _reply({"ok": True})
+        elif cmd == "quit":
+            _reply({"bye": True})
+            break
+    pub_task.cancel()
+    sys.stdout.flush()
+    os._exit(0)  # the process is disposable: skip graceful close of thousands of sockets
+
+
+class ServerProc:
+    """A server subprocess pinned to CPU 0, driven line by line over its stdin/stdout."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        role = "tether-server" if kind == "tether" else "ws-server"
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--role", role],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        hello = self._read(timeout=30)
+        self.port: int = hello["port"]
+        self.pid = self.proc.pid
+
+    def _read(self, timeout: float = 30.0) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"{self.kind} server did not answer in {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.kind} server exited (rc={self.proc.poll()})")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def cmd(self, line: str, timeout: float = 30.0) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self._read(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, TimeoutError, RuntimeError, ValueError):
+                self.cmd("quit", timeout=5)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+# --- load generator (this process, CPU 1) ---------------------------------------------------
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client->server text frame, masked as RFC 6455 requires (payload < 126 bytes)."""
+    assert len(payload) < 126
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + key + masked
+
+
+class Conn:
+    __slots__ = ("buf", "sock", "subscribed")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.subscribed = False
+
+
+class LoadGen:
+    """N WebSocket subscribers on raw sockets, one epoll loop, header-only frame scanning."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ep = select.epoll()
+        self.conns: dict[int, Conn] = {}
+        self.frames = 0  # message frames received, all connections
+        self.sampling = False
+        self.samples: list[float] = []
+        self.countdown = SAMPLE_EVERY
+        self.lost = 0  # connections closed by the server
+        self.subscribe = json.dumps({"type": "subscribe", "topic": TOPIC}).encode()
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def _handshake_request(self, key: str) -> bytes:
+        return (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+
+    def connect(self, n: int, *, batch: int = 100, timeout: float = 60.0) -> None:
+        """Open ``n`` more connections, subscribe each, wait until all are subscribed."""
+        deadline = time.monotonic() + timeout
+        remaining = n
+        while remaining > 0:
+            pending = []
+            for _ in range(min(batch, remaining)):
+                sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                key = base64.b64encode(os.urandom(16)).decode()
+                sock.sendall(self._handshake_request(key))
+                pending.append(sock)
+            for sock in pending:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        raise RuntimeError("server closed during the handshake")
+                    head += chunk
+                status, _, rest = head.partition(b"\r\n\r\n")
+                if not status.startswith(b"HTTP/1.1 101"):
+                    raise RuntimeError(f"handshake refused: {status[:80]!r}")
+                sock.sendall(masked_text_frame(self.subscribe))
+                sock.setblocking(False)
+                conn = Conn(sock)
+                self.conns[sock.fileno()] = conn
+                self.ep.register(sock.fileno(), select.EPOLLIN)
+                if rest:
+                    self._on_data(conn, rest, time.time())
+            remaining -= len(pending)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"connecting {n} clients took over {timeout} s")
+        self.pump(max(1.0, deadline - time.monotonic()), until=self.all_subscribed)
+        if not self.all_subscribed():
+            missing = sum(not c.subscribed for c in self.conns.values())
+            raise TimeoutError(f"{missing} connections never got `subscribed`")
+
+    def all_subscribed(self) -> bool:
+        return all(c.subscribed for c in self.conns.values())
+
+    def close(self, n: int | None = None) -> None:
+        """Close ``n`` connections (all by default)."""
+        for fd in list(self.conns)[: len(self.conns) if n is None else n]:
+            self._drop(self.conns[fd], lost=False)
+
+    def _drop(self, conn: Conn, *, lost: bool) -> None:
+        fd = conn.sock.fileno()
+        with contextlib.suppress(OSError, ValueError):
+            self.ep.unregister(fd)
+        self.conns.pop(fd, None)
+        conn.sock.close()
+        if lost:
+            self.lost += 1
+
+    def _on_data(self, conn: Conn, data: bytes, now: float) -> None:
+        if conn.buf:
+            data = conn.buf + data
+            conn.buf = b""
+        n = len(data)
+        pos = 0
+        got = 0
+        sampling = self.sampling
+        countdown = self.countdown
+        while pos + 2 <= n:
+            length = data[pos + 1]  # server frames are unmasked: no mask bit
+            if length < 126:
+                start = pos + 2
+            elif length == 126:
+                if pos + 4 > n:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 4
+            else:
+                if pos + 10 > n:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            end = start + length
+            if end > n:
+                break
+            opcode = data[pos] & 0x0F
+            if opcode == 1:
+                if data.startswith(MSG_PREFIX, start):
+                    got += 1
+                    if sampling:
+                        countdown -= 1
+                        if countdown == 0:
+                            countdown = SAMPLE_EVERY
+                            i = data.find(T0_KEY, start, end) + len(T0_KEY)
+                            j = data.find(b",", i, end)
+                            self.samples.append(now - float(data[i:j]))
+                elif data.startswith(SUBSCRIBED_PREFIX, start):
+                    conn.subscribed = True
+            elif opcode == 8:  # close
+                self._drop(conn, lost=True)
+                break
+            pos = end
+        if pos < n:
+            conn.buf = data[pos:]
+        self.frames += got
+        self.countdown = countdown
+
+    def pump(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
+        """Receive for ``seconds`` (or until ``until()`` is true)."""
+        deadline = time.monotonic() + seconds
+        poll = self.ep.poll
+        conns = self.conns
+        on_data = self._on_data
+        clock = time.time
+        while True:
+            now = time.monotonic()
+            if now >= deadline or (until is not None and until()):
+                return
+            for fd, _ in poll(min(0.05, deadline - now)):
+                conn = conns.get(fd)
+                if conn is None:
+                    continue
+                try:
+                    data = conn.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self._drop(conn, lost=True)
+                    continue
+                on_data(conn, data, clock())
+
+    def drain(self, target: int, *, idle: float = 1.0, limit: float = 5.0) -> bool:
+        """Receive until ``self.frames >= target``, nothing arrived for ``idle`` s, or ``limit``."""
+        deadline = time.monotonic() + limit
+        while self.frames < target and time.monotonic() < deadline:
+            before = self.frames
+            self.pump(min(idle, deadline - time.monotonic()), until=lambda: self.frames >= target)
+            if self.frames == before:
+                break
+        return self.frames >= target
+
+
+# --- orchestration --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Config:
+    n: int
+    rates: list[int]
+    high_n: int
+    high_rates: list[int]
+    rss_ns: list[int]
+    warmup: float
+    measure: float
+
+
+FULL = Config(
+    n=1000,
+    rates=[10, 25, 50, 100, 150, 200, 250],
+    high_n=50,
+    high_rates=[1000, 2000, 4000],
+    rss_ns=[1000, 5000],
+    warmup=1.0,
+    measure=4.0,
+)
+QUICK = Config(
+    n=200,
+    rates=[25, 100, 250],
+    high_n=20,
+    high_rates=[2000],
+    rss_ns=[200, 1000],
+    warmup=0.5,
+    measure=1.5,
+)
+
+
+@dataclasses.dataclass
+class Step:
+    server: str
+    n: int
+    rate: int
+    deliveries_per_s: float = 0.0
+    reach: float = 0.0
+    p50_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    server_cpu_us: float = float("nan")  # per delivery
+    server_cpu_pct: float = 0.0
+    loadgen_cpu_pct: float = 0.0
+    pub_rate: float = 0.0
+    max_late_ms: float = 0.0
+    max_burst: int = 0
+    lost: int = 0
+
+    @property
+    def valid(self) -> bool:
+        return self.loadgen_cpu_pct <= LOADGEN_VALID_MAX * 100
+
+    @property
+    def kept_rate(self) -> bool:
+        return self.pub_rate >= RATE_KEPT_MIN * self.rate
+
+    @property
+    def sustained(self) -> bool:
+        return self.kept_rate and self.p99_ms < P99_LIMIT * 1000 and self.reach >= REACH_MIN
+
+    @property
+    def verdict(self) -> str:
+        if not self.sustained:
+            reasons = []
+            if not self.kept_rate:
+                reasons.append("publisher behind")
+            if not self.p99_ms < P99_LIMIT * 1000:
+                reasons.append("p99")
+            if self.reach < REACH_MIN:
+                reasons.append("reach")
+            verdict = "FAIL (" + ", ".join(reasons) + ")"
+        else:
+            verdict = "ok"
+        return verdict if self.valid else verdict + " INVALID (load gen > 85%)"
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def run_step(server: ServerProc, lg: LoadGen, n: int, rate: int, cfg: Config) -> Step:
+    if len(lg) < n:  # replace connections the server cut off in an earlier step
+        lg.connect(n - len(lg))
+    lost_before = lg.lost
+    step = Step(server=server.kind, n=n, rate=rate)
+    first = server.cmd("stats")
+    frames_first = lg.frames
+    server.cmd(f"rate {rate}")
+    lg.pump(cfg.warmup)
+    s0 = server.cmd("stats")
+    f0 = lg.frames
+    cpu0 = time.process_time()
+    t0 = time.monotonic()
+    lg.samples = []
+    lg.sampling = True
+    lg.pump(cfg.measure)
+    lg.sampling = False
+    t1 = time.monotonic()
+    cpu1 = time.process_time()
+    f1 = lg.frames
+    s1 = server.cmd("stats")
+    server.cmd("rate 0")
+    last = server.cmd("stats")
+    expected = (last["published"] - first["published"]) * n
+    lg.drain(frames_first + expected)
+
+    published = s1["published"] - s0["published"]
+    step.deliveries_per_s = (f1 - f0) / (t1 - t0)
+    step.reach = (lg.frames - frames_first) / expected if expected else 0.0
+    samples = sorted(lg.samples)
+    step.p50_ms = percentile(samples, 0.50) * 1000
+    step.p99_ms = percentile(samples, 0.99) * 1000
+    server_cpu = s1["cpu"] - s0["cpu"]
+    span = s1["mono"] - s0["mono"]
+    step.server_cpu_us = server_cpu / (published * n) * 1e6 if published else float("nan")
+    step.server_cpu_pct = 100 * server_cpu / span
+    step.loadgen_cpu_pct = 100 * (cpu1 - cpu0) / (t1 - t0)
+    step.pub_rate = published / span
+    step.max_late_ms = s1["max_late"] * 1000
+    step.max_burst = s1["max_burst"]
+    step.lost = lg.lost - lost_before
+    return step
+
+
+def idle_rss_per_conn(server: ServerProc, lg: LoadGen, n: int) -> dict[str, float]:
+    """RSS growth of the server from 0 to ``n`` idle subscribed connections, per connection."""
+    lg.connect(1)  # warm-up connection: lazy imports and first-use allocations
+    lg.pump(0.3)
+    lg.close()
+    lg.pump(0.3)
+    server.cmd("gc")
+    before = rss_kib(server.pid)
+    lg.connect(n)
+    lg.pump(1.0)
+    server.cmd("gc")
+    after = rss_kib(server.pid)
+    return {"n": n, "before_kib": before, "after_kib": after, "per_conn_kib": (after - before) / n}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fmt_step(s: Step) -> str:
+    return (
+        f"  {s.server:10} N={s.n:<5} {s.rate:>5}/s  {s.deliveries_per_s:>9,.0f} deliv/s  "
+        f"reach {100 * s.reach:7.3f}%  p50 {s.p50_ms:7.1f} ms  p99 {s.p99_ms:7.1f} ms  "
+        f"srv {s.server_cpu_us:5.2f} us/deliv ({s.server_cpu_pct:3.0f}%)  "
+        f"lg {s.loadgen_cpu_pct:3.0f}%  pub {s.pub_rate:7.1f}/s  {s.verdict}"
+    )
+
+
+def run_suite(kind: str, cfg: Config) -> dict[str, Any]:
+    result: dict[str, Any] = {"steps": [], "high": [], "rss": []}
+    server = ServerProc(kind)
+    try:
+        lg = LoadGen(server.port)
+        log(f"{kind}: server pid {server.pid} on 127.0.0.1:{server.port}")
+        result["rss"].append(idle_rss_per_conn(server, lg, cfg.n))
+        log(f"  idle RSS: {result['rss'][-1]['per_conn_kib']:.1f} KiB/conn at N={cfg.n}")
+        for rate in cfg.rates:
+            step = run_step(server, lg, cfg.n, rate, cfg)
+            result["steps"].append(step)
+            log(fmt_step(step))
+            if not (step.sustained and step.valid):
+                break  # past saturation the backlog would spill into the next step
+        lg.close()
+        lg.pump(0.5)
+        lg.connect(cfg.high_n)
+        for rate in cfg.high_rates:
+            step = run_step(server, lg, cfg.high_n, rate, cfg)
+            result["high"].append(step)
+            log(fmt_step(step))
+            if not (step.sustained and step.valid):
+                break
+        lg.close()
+    finally:
+        server.stop()
+    for n in cfg.rss_ns:
+        if n == cfg.n:
+            continue
+        server = ServerProc(kind)
+        try:
+            lg = LoadGen(server.port)
+            result["rss"].append(idle_rss_per_conn(server, lg, n))
+            log(f"  idle RSS: {result['rss'][-1]['per_conn_kib']:.1f} KiB/conn at N={n}")
+            lg.close()
+        finally:
+            server.stop()
+    return result
+
+
+def max_sustained(steps: list[Step]) -> tuple[float, str]:
+    """The best deliveries/s of a sustained, valid step, and what bounded it."""
+    best = 0.0
+    bound = "no step sustained"
+    for i, s in enumerate(steps):
+        if s.sustained and s.valid:
+            best = max(best, s.deliveries_per_s)
+            if i + 1 < len(steps):
+                nxt = steps[i + 1]
+                bound = "server" if nxt.valid else "load generator (next step invalid)"
+            else:
+                bound = "last step run (lower bound)"
+    return best, bound
+
+
+def fixed_rate_cpu(steps: list[Step], base: list[Step]) -> list[tuple[Step, Step]]:
+    """Pairs of steps at the same rate that both servers ran validly."""
+    by_rate = {s.rate: s for s in base if s.valid}
+    return [(s, by_rate[s.rate]) for s in steps if s.valid and s.rate in by_rate]
+
+
+def md_steps(title: str, steps: list[Step]) -> list[str]:
+    out = [
+        f"#### {title}",
+        "",
+        "| server | N | msgs/s | deliveries/s | reach | p50 ms | p99 ms | server µs/delivery "
+        "| server CPU | load gen CPU | publisher msgs/s | max burst | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in steps:
+        out.append(
+            f"| {s.server} | {s.n} | {s.rate} | {s.deliveries_per_s:,.0f} | "
+            f"{100 * s.reach:.3f}% | {s.p50_ms:.1f} | {s.p99_ms:.1f} | {s.server_cpu_us:.2f} | "
+            f"{s.server_cpu_pct:.0f}% | {s.loadgen_cpu_pct:.0f}% | {s.pub_rate:,.0f} | "
+            f"{s.max_burst} | {s.verdict} |"
+        )
+    return [*out, ""]
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def render(results: dict[str, dict[str, Any]], cfg: Config, quick: bool) -> str:
+    t, b = results["tether"], results["websockets"]
+    lines = [
+        "## Fan-out benchmark results" + (" (--quick)" if quick else ""),
+        "",
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}. Server pinned to CPU {SERVER_CPU}, "
+        f"load generator to CPU {LOADGEN_CPU}. Warm-up {cfg.warmup:g} s, "
+        f"measure {cfg.measure:g} s per step. Run at {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+    ]
+    lines += md_steps(f"N = {cfg.n} subscribers, one topic, publish rate stepped up", [
+        *t["steps"],
+        *b["steps"],
+    ])
+    lines += md_steps(
+        f"High per-topic rate: N = {cfg.high_n} subscribers (several messages per loop "
+        "iteration, where Tether coalesces a batch into one write per subscriber)",
+        [*t["high"], *b["high"]],
+    )
+    lines += [
+        "#### Idle connections: server RSS growth per subscribed connection",
+        "",
+        "| server | N | RSS before (MiB) | RSS after (MiB) | KiB per connection |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind, res in (("tether", t), ("websockets", b)):
+        for r in res["rss"]:
+            lines.append(
+                f"| {kind} | {r['n']} | {r['before_kib'] / 1024:.1f} | "
+                f"{r['after_kib'] / 1024:.1f} | {r['per_conn_kib']:.1f} |"
+            )
+    lines += ["", "#### Ratios (tether / websockets baseline)", ""]
+    lines += ["| figure | tether | websockets | ratio | target | met |", "|---|---:|---:|---:|---|---|"]
+    for s, base in fixed_rate_cpu(t["steps"] + t["high"], b["steps"] + b["high"]):
+        r = s.server_cpu_us / base.server_cpu_us
+        lines.append(
+            f"| server CPU µs/delivery @ N={s.n}, {s.rate} msgs/s | {s.server_cpu_us:.2f} | "
+            f"{base.server_cpu_us:.2f} | {r:.2f}x | <= 0.85x | {'yes' if r <= 0.85 else 'no'} |"
+        )
+    for label, key in ((f"N={cfg.n}", "steps"), (f"N={cfg.high_n}, high rate", "high")):
+        tm, tbound = max_sustained(t[key])
+        bm, bbound = max_sustained(b[key])
+        met = "yes" if bm and tm / bm >= 1.15 else "no"
+        lines.append(
+            f"| max sustained deliveries/s ({label}) | {tm:,.0f} ({tbound}) | "
+            f"{bm:,.0f} ({bbound}) | {ratio(tm, bm)} | >= 1.15x | {met} |"
+        )
+    for tr, br in zip(t["rss"], b["rss"], strict=True):
+        r = tr["per_conn_kib"] / br["per_conn_kib"]
+        lines.append(
+            f"| RSS KiB per idle connection @ N={tr['n']} | {tr['per_conn_kib']:.1f} | "
+            f"{br['per_conn_kib']:.1f} | {r:.2f}x | <= 16 KiB | "
+            f"{'yes' if tr['per_conn_kib'] <= 16 else 'no'} |"
+        )
+    lines += [
+        "",
+        f"A step is *sustained* when p99 < {P99_LIMIT * 1000:.0f} ms, reach >= "
+        f"{REACH_MIN * 100:.1f}% and the publisher achieved >= {RATE_KEPT_MIN * 100:.0f}% of "
+        f"its rate; it is *INVALID* when the load generator used more than "
+        f"{LOADGEN_VALID_MAX * 100:.0f}% of its core (then the client side, not the server, may "
+        "be what limits it). Stepping stops at the first step that is not both.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced run for a smoke test")
+    parser.add_argument(
+        "--servers",
+        default="tether,websockets",
+        help="comma-separated subset to run (the report needs both)",
+    )
+    parser.add_argument(
+        "--markdown",
+        default=str(Path(__file__).with_name("results.md")),
+        help="where to write the markdown report (default: benchmarks/results.md)",
+    )
+    parser.add_argument("--role", choices=["tether-server", "ws-server"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    raise_nofile()
+    if args.role is not None:
+        pin(SERVER_CPU)
+        asyncio.run(server_main("tether" if args.role == "tether-server" else "websockets"))
+        return
+    pin(LOADGEN_CPU)
+    cfg = QUICK if args.quick else FULL
+    started = time.monotonic()
+    results = {kind: run_suite(kind, cfg) for kind in args.servers.split(",")}
+    log(f"done in {time.monotonic() - started:.0f} s")
+    if set(results) != {"tether", "websockets"}:
+        return
+    report = render(results, cfg, args.quick)
+    print(report)
+    Path(args.markdown).write_text(report)
+    log(f"wrote {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,25 +10,21 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
+from . import logs
 from .chaos import ChaosProxy
 from .client import Client, Delivery, State
 from .config import ClientConfig, HubConfig, add_arguments, from_env, markdown_table
 from .protocol import Gap
 
 
-def _log_setup(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _log_setup(args: argparse.Namespace) -> None:
+    logs.setup(args.log_level, fmt=args.log_format)
 
 
 def _options(args: argparse.Namespace, cls: type[HubConfig | ClientConfig]) -> dict[str, Any]:
@@ -77,7 +73,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _log_setup(args.log_level)
+    _log_setup(args)
     return asyncio.run(_serve(args))
 
 
@@ -175,7 +171,7 @@ async def _listen(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    _log_setup(args.log_level)
+    _log_setup(args)
     return asyncio.run(_listen(args))
 
 
@@ -204,7 +200,7 @@ async def _chaos(args: argparse.Namespace) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    _log_setup(args.log_level)
+    _log_setup(args)
     return asyncio.run(_chaos(args))
 
 
@@ -214,7 +210,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    _log_setup(args.log_level)
+    _log_setup(args)
     return asyncio.run(run_demo(port=args.port, duration=args.duration))
 
 
@@ -255,6 +251,12 @@ def config_doc() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="warning", help="default: warning")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one object per line, for log shippers",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run a hub (WebSocket at /ws, POST /publish, /healthz)")

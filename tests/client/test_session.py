@@ -66,7 +66,7 @@ def deliveries(events: list[object]) -> list[int]:
 def test_fresh_subscribe_starts_at_head_then_delivers_next_offsets() -> None:
     s = session()
     events, _ = s.receive(subscribed(5), now=1)
-    assert events == [SubscriptionConfirmed("t", True)]
+    assert events == [SubscriptionConfirmed("t", True, Cursor(epoch="E", offset=5))]
     assert s.cursor("t") == Cursor(epoch="E", offset=5)
     events, _ = s.receive(msg(6), now=1)
     assert deliveries(events) == [6]
@@ -89,7 +89,7 @@ def test_live_gap_is_reported_before_the_message() -> None:
     s.receive(subscribed(0), now=0)
     s.receive(msg(1), now=0)
     events, _ = s.receive(msg(4), now=0)
-    assert events[0] == Resync("t", [Gap(epoch="E", start=2, end=3)])
+    assert events[0] == Resync("t", [Gap(epoch="E", start=2, end=3)], Cursor(epoch="E", offset=3))
     assert deliveries(events) == [4]
 
 
@@ -99,7 +99,9 @@ def test_epoch_change_in_live_stream_is_reported() -> None:
     s.receive(msg(1), now=0)
     events, _ = s.receive(msg(3, epoch="F"), now=0)
     assert events[0] == Resync(
-        "t", [Gap(epoch="E", start=2, end=None), Gap(epoch="F", start=1, end=2)]
+        "t",
+        [Gap(epoch="E", start=2, end=None), Gap(epoch="F", start=1, end=2)],
+        Cursor(epoch="F", offset=2),
     )
     assert s.cursor("t") == Cursor(epoch="F", offset=3)
 
@@ -128,7 +130,7 @@ def test_subscribed_with_gap_steps_cursor_over_it_and_reports() -> None:
     s.connection_lost()
     s.connection_opened(now=1)
     events, _ = s.receive(subscribed(20, missing=[Gap(epoch="E", start=4, end=15)]), now=1)
-    assert Resync("t", [Gap(epoch="E", start=4, end=15)]) in events
+    assert Resync("t", [Gap(epoch="E", start=4, end=15)], Cursor(epoch="E", offset=15)) in events
     assert s.cursor("t") == Cursor(epoch="E", offset=15)
     events, _ = s.receive(msg(16), now=1)
     assert deliveries(events) == [16]

@@ -43,6 +43,7 @@ from .session import (
     Resolved,
     Resync,
     ServerError,
+    SubscriptionConfirmed,
     Welcomed,
 )
 from .state import State, StateMachine, Trigger
@@ -53,6 +54,12 @@ logger = logging.getLogger("tether.client")
 #: (the hub's ``max_frame_bytes``, 64 KiB by default) plus the envelope; 4 MiB leaves
 #: room for apps that raise that limit while still bounding a hostile hub.
 MAX_INBOUND_FRAME = 4 * 1024 * 1024
+
+#: Events (deliveries, resyncs) read but not yet handled by the app. Handlers run on
+#: their own task so a slow handler never delays pong replies; when this many are
+#: waiting the reader stops reading, which pushes back to the hub (which cuts a
+#: consumer that stays behind with 4008, and it resumes) instead of buffering forever.
+INBOX_SIZE = 1024
 
 MessageHandler = Callable[[Delivery], Awaitable[None] | None]
 ResyncHandler = Callable[[str, list[Gap]], Awaitable[None] | None]
@@ -106,6 +113,14 @@ def parse_close_hint(reason: str) -> float | None:
     return None
 
 
+class _Reconnected:
+    """Inbox marker: run ``on_reconnect`` in order with the deliveries around it."""
+
+
+_RECONNECTED = _Reconnected()
+_Queued = Delivery | Resync | SubscriptionConfirmed | _Reconnected
+
+
 async def _maybe_await(result: Awaitable[None] | None) -> None:
     if inspect.isawaitable(result):
         await result
@@ -145,6 +160,9 @@ class Client:
             outbox=Outbox(max_size=self.config.outbox_size, policy=self.config.outbox_policy)
         )
         self._handlers: dict[str, MessageHandler] = {}
+        self._delivered: dict[str, Cursor] = {}
+        self._inbox: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=INBOX_SIZE)
+        self._dispatcher: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
         self._write_lock = asyncio.Lock()
@@ -205,8 +223,12 @@ class Client:
         )
 
     def cursor(self, topic: str) -> Cursor | None:
-        """Where ``topic`` stands; persist it and pass it back as ``resume`` after a restart."""
-        return self._session.cursor(topic)
+        """The position of the last message of ``topic`` handed to the app.
+
+        Persist it and pass it back as ``subscribe(..., resume=cursor)`` to resume
+        after a process restart.
+        """
+        return self._delivered.get(topic) or self._session.cursor(topic)
 
     def is_live(self, topic: str) -> bool:
         """True while ``topic`` is subscribed on a live connection (not stale)."""
@@ -217,7 +239,9 @@ class Client:
         if self._task is not None:
             return
         self._machine.fire(Trigger.START)
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="tether-client")
+        loop = asyncio.get_running_loop()
+        self._dispatcher = loop.create_task(self._dispatch_loop(), name="tether-dispatch")
+        self._task = loop.create_task(self._run(), name="tether-client")
 
     async def connect(self, *, timeout: float | None = None) -> None:
         """Start, and wait until connected (``TimeoutError`` after ``timeout`` seconds)."""
@@ -253,6 +277,7 @@ class Client:
 
     async def unsubscribe(self, topic: str) -> None:
         self._handlers.pop(topic, None)
+        self._delivered.pop(topic, None)
         frame = self._session.unsubscribe(topic)
         if frame is not None:
             await self._write([frame])
@@ -307,10 +332,11 @@ class Client:
         if ws is not None:
             with contextlib.suppress(ConnectionClosed, OSError):
                 await ws.close(CloseCode.NORMAL, "client closed")
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._dispatcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
         for item in self._session.outbox.clear():
@@ -504,16 +530,19 @@ class Client:
         frames = self._session.connection_opened(now=time.monotonic())
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(ws))
         try:
-            if reconnect and self.on_reconnect is not None:
-                await self._callback(self.on_reconnect)
             await self._write(frames, ws=ws, flush_outbox=False)
+            if reconnect:
+                await self._inbox.put(_RECONNECTED)
             while True:
                 raw = await ws.recv(decode=False)
                 events, replies = self._session.receive(raw, now=time.monotonic())
                 if replies:
                     await self._write(replies, ws=ws, flush_outbox=False)
                 for event in events:
-                    await self._dispatch(event)
+                    if isinstance(event, Delivery | Resync | SubscriptionConfirmed):
+                        await self._inbox.put(event)  # waits when full: backpressure
+                    else:
+                        self._handle_now(event)
         except ConnectionClosed:
             pass
         finally:
@@ -580,16 +609,30 @@ class Client:
             except ConnectionClosed:
                 pass  # the reader notices; unsent outbox items are re-sent on reconnect
 
-    async def _dispatch(self, event: Event) -> None:
-        if isinstance(event, Delivery):
-            handler = self._handlers.get(event.topic)
-            if handler is not None:
-                await self._callback(handler, event)
-        elif isinstance(event, Resync):
-            logger.warning("resync %s: missing %s", event.topic, event.missing)
-            if self.on_resync is not None:
-                await self._callback(self.on_resync, event.topic, event.missing)
-        elif isinstance(event, Resolved):
+    async def _dispatch_loop(self) -> None:
+        """Hand events to the app, one at a time, in the order they were read."""
+        while True:
+            event = await self._inbox.get()
+            if isinstance(event, _Reconnected):
+                if self.on_reconnect is not None:
+                    await self._callback(self.on_reconnect)
+            elif isinstance(event, Delivery):
+                self._delivered[event.topic] = Cursor(epoch=event.epoch, offset=event.offset)
+                handler = self._handlers.get(event.topic)
+                if handler is not None:
+                    await self._callback(handler, event)
+            elif isinstance(event, Resync):
+                if event.cursor is not None:
+                    self._delivered[event.topic] = event.cursor
+                logger.warning("resync %s: missing %s", event.topic, event.missing)
+                if self.on_resync is not None:
+                    await self._callback(self.on_resync, event.topic, event.missing)
+            elif event.cursor is not None and event.topic in self._handlers:
+                self._delivered.setdefault(event.topic, event.cursor)
+
+    def _handle_now(self, event: Event) -> None:
+        """Events with no app code behind them: resolved sends, hub errors."""
+        if isinstance(event, Resolved):
             future = event.item.waiter
             if isinstance(future, asyncio.Future) and not future.done():
                 if event.ok:

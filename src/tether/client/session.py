@@ -64,6 +64,8 @@ class Resync:
 
     topic: str
     missing: list[Gap]
+    #: The cursor once the gap is stepped over (what the app has "seen" after this).
+    cursor: Cursor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,7 @@ class ServerError:
 class SubscriptionConfirmed:
     topic: str
     recovered: bool
+    cursor: Cursor | None = None
 
 
 Event = Delivery | Resync | Resolved | Welcomed | ServerError | SubscriptionConfirmed
@@ -308,10 +311,10 @@ class ClientSession:
         sub.cursor = Cursor(epoch=reply.epoch, offset=min(offset, reply.head))
         sub.replay_epoch, sub.replay_head = reply.epoch, reply.head
         sub.confirmed = True
-        events: list[Event] = [SubscriptionConfirmed(reply.topic, reply.recovered)]
+        events: list[Event] = [SubscriptionConfirmed(reply.topic, reply.recovered, sub.cursor)]
         if reply.missing:
             self.counters.resyncs += 1
-            events.append(Resync(reply.topic, list(reply.missing)))
+            events.append(Resync(reply.topic, list(reply.missing), sub.cursor))
         return events
 
     def _on_message(self, msg: Message) -> list[Event]:
@@ -329,13 +332,14 @@ class ClientSession:
                     Resync(
                         msg.topic,
                         [Gap(epoch=msg.epoch, start=cursor.offset + 1, end=msg.offset - 1)],
+                        Cursor(epoch=msg.epoch, offset=msg.offset - 1),
                     )
                 )
         else:
             gaps = [Gap(epoch=cursor.epoch, start=cursor.offset + 1, end=None)]
             if msg.offset > 1:
                 gaps.append(Gap(epoch=msg.epoch, start=1, end=msg.offset - 1))
-            events.append(Resync(msg.topic, gaps))
+            events.append(Resync(msg.topic, gaps, Cursor(epoch=msg.epoch, offset=msg.offset - 1)))
         if events:
             self.counters.resyncs += 1
         sub.cursor = Cursor(epoch=msg.epoch, offset=msg.offset)

@@ -1,4 +1,4 @@
-"""The hub as an ASGI app (Starlette): ``/ws``, ``POST /publish``, ``GET /healthz``.
+"""The hub as an ASGI app (Starlette): ``/ws``, ``POST /publish``, ``/healthz``, ``/metrics``.
 
 Mount it in a FastAPI/Starlette app (``app.mount("/rt", hub.asgi())``) or run it
 with ``tether serve``. Under Tether's uvicorn protocol the WebSocket route uses
@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,6 +23,7 @@ from ..errors import ErrorCode
 from ..protocol import Topic
 from .fastws import RAW_LINK_EXTENSION, RawLink
 from .links import Link, QueuedAsgiLink, RawTransportLink
+from .metrics import make_registry, render
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -41,6 +43,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 def create_app(hub: Hub) -> Starlette:
     limit = hub.config.max_frame_bytes
+    registry = make_registry(hub)
 
     async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
@@ -104,6 +107,9 @@ def create_app(hub: Hub) -> Starlette:
             status_code=503 if hub.closing else 200,
         )
 
+    async def metrics(request: Request) -> Response:
+        return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
@@ -115,6 +121,7 @@ def create_app(hub: Hub) -> Starlette:
             WebSocketRoute("/ws", websocket_endpoint),
             Route("/publish", publish, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

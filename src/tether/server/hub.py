@@ -86,6 +86,7 @@ Handler = Callable[[Incoming], Awaitable[Any]]
 @dataclass(slots=True)
 class HubStats:
     connections_total: int = 0
+    disconnections: int = 0
     publishes: int = 0
     deliveries: int = 0
     replayed: int = 0
@@ -258,6 +259,8 @@ class Hub:
     def detach(self, link: Link) -> None:
         """Forget ``link``: its subscriptions and queued (not yet started) client messages."""
         state = self._links.pop(link, None)
+        if state is not None:
+            self.stats.disconnections += 1
         for topic in link.session.topics:
             self._unsubscribe(link, topic)
         link.session.topics.clear()

@@ -1,0 +1,55 @@
+"""Prometheus metrics for a hub, read from its counters at scrape time.
+
+Each hub gets its own registry (no process-global state, so several hubs in one
+process, as in tests, don't collide), and nothing is recorded on the hot path:
+the collector reads :class:`~tether.server.hub.HubStats` when scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+COUNTERS = {
+    "connections_total": ("tether_connections_opened", "WebSocket sessions opened"),
+    "disconnections": ("tether_disconnections", "WebSocket sessions ended, for any reason"),
+    "publishes": ("tether_publishes", "Messages published to topics"),
+    "deliveries": ("tether_deliveries", "Live message deliveries to subscribers"),
+    "replayed": ("tether_replayed", "Messages replayed to resuming subscribers"),
+    "resumes_with_loss": ("tether_resumes_with_loss", "Resumes that reported a gap"),
+    "heartbeat_timeouts": ("tether_heartbeat_timeouts", "Connections closed as silent (dead)"),
+    "slow_consumers": ("tether_slow_consumers", "Subscribers cut off for a full send buffer"),
+    "sends_handled": ("tether_sends_handled", "Client messages handled (handler ran)"),
+    "sends_deduplicated": ("tether_sends_deduplicated", "Client retries answered from dedup"),
+}
+
+
+class HubCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        yield GaugeMetricFamily(
+            "tether_connections", "Open WebSocket sessions", value=hub.connection_count
+        )
+        yield GaugeMetricFamily("tether_topics", "Topics held in memory", value=len(hub.broker))
+        for field, (name, doc) in COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=getattr(hub.stats, field))
+
+
+def make_registry(hub: Hub) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(hub))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -66,10 +66,38 @@ class Link(Protocol):
     def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None: ...
 
 
-class RawTransportLink:
+class _Backlog:
+    """What every link shares: identity, and the send-buffer limit with its replay grace."""
+
+    __slots__ = ("closed", "grace", "identity", "limit", "on_overflow", "session")
+
+    def __init__(
+        self,
+        *,
+        session: ServerSession,
+        limit: int,
+        on_overflow: Callable[[Link], None],
+        identity: str = "anonymous",
+    ) -> None:
+        self.session = session
+        self.limit = limit
+        self.on_overflow = on_overflow
+        self.identity = identity
+        self.closed = False
+        self.grace = 0
+
+    def _check_backlog(self, pending: int) -> None:
+        """Call after every write with the bytes not yet sent."""
+        if self.grace and pending < self.grace:
+            self.grace = pending  # the replay burst is draining: shrink the allowance
+        if pending > self.limit + self.grace:
+            self.on_overflow(self)  # type: ignore[arg-type]
+
+
+class RawTransportLink(_Backlog):
     """Writes pre-framed bytes directly to the connection's asyncio transport."""
 
-    __slots__ = ("_raw", "closed", "grace", "identity", "limit", "on_overflow", "session")
+    __slots__ = ("_raw",)
 
     def __init__(
         self,
@@ -80,13 +108,8 @@ class RawTransportLink:
         on_overflow: Callable[[Link], None],
         identity: str = "anonymous",
     ) -> None:
+        super().__init__(session=session, limit=limit, on_overflow=on_overflow, identity=identity)
         self._raw = raw
-        self.session = session
-        self.limit = limit
-        self.on_overflow = on_overflow
-        self.identity = identity
-        self.closed = False
-        self.grace = 0
 
     def __repr__(self) -> str:
         return f"<RawTransportLink {self.session.id} closed={self.closed}>"
@@ -99,11 +122,7 @@ class RawTransportLink:
             self.closed = True
             return
         transport.write(data)
-        buffered = transport.get_write_buffer_size()
-        if self.grace and buffered < self.grace:
-            self.grace = buffered  # the replay burst is draining: shrink the allowance
-        if buffered > self.limit + self.grace:
-            self.on_overflow(self)
+        self._check_backlog(transport.get_write_buffer_size())
 
     def deliver(self, batch: Batch) -> None:
         self._write(batch.wire())
@@ -121,23 +140,10 @@ class RawTransportLink:
         self._raw.close(code, reason, abort_after=abort_after)
 
 
-class QueuedAsgiLink:
+class QueuedAsgiLink(_Backlog):
     """Fallback for any ASGI server: a bounded queue drained by one writer task."""
 
-    __slots__ = (
-        "_close",
-        "_queue",
-        "_queued_bytes",
-        "_ready",
-        "_send",
-        "_task",
-        "closed",
-        "grace",
-        "identity",
-        "limit",
-        "on_overflow",
-        "session",
-    )
+    __slots__ = ("_close", "_queue", "_queued_bytes", "_ready", "_send", "_task")
 
     def __init__(
         self,
@@ -148,13 +154,8 @@ class QueuedAsgiLink:
         on_overflow: Callable[[Link], None],
         identity: str = "anonymous",
     ) -> None:
+        super().__init__(session=session, limit=limit, on_overflow=on_overflow, identity=identity)
         self._send = send
-        self.session = session
-        self.limit = limit
-        self.on_overflow = on_overflow
-        self.identity = identity
-        self.closed = False
-        self.grace = 0
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._ready = asyncio.Event()
@@ -173,11 +174,7 @@ class QueuedAsgiLink:
             if replay:
                 self.grace += len(frame)
         self._ready.set()
-        queued = self._queued_bytes
-        if self.grace and queued < self.grace:
-            self.grace = queued
-        if queued > self.limit + self.grace:
-            self.on_overflow(self)
+        self._check_backlog(self._queued_bytes)
 
     def deliver(self, batch: Batch) -> None:
         self.send_frames(batch.frames)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -27,6 +28,10 @@ from .metrics import make_registry, render
 
 if TYPE_CHECKING:
     from .hub import Hub
+
+
+#: The browser modules shipped in the package, served at ``/<name>.js`` (no build step).
+STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -107,6 +112,16 @@ def create_app(hub: Hub) -> Starlette:
             status_code=503 if hub.closing else 200,
         )
 
+    scripts = {path.stem: path for path in STATIC.glob("*.js")}
+
+    async def script(request: Request) -> Response:
+        path = scripts.get(request.path_params["name"])
+        if path is None:
+            return _error(404, "not_found", "no such script")
+        return FileResponse(
+            path, media_type="text/javascript", headers={"Cache-Control": "no-cache"}
+        )
+
     async def metrics(request: Request) -> Response:
         return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -122,6 +137,7 @@ def create_app(hub: Hub) -> Starlette:
             Route("/publish", publish, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/{name}.js", script, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

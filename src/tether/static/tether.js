@@ -1,0 +1,1055 @@
+// Tether browser client — protocol v1 (docs/protocol.md). One dependency-free ES module.
+//
+//   import { connect } from "/tether.js";
+//   const client = connect("ws://127.0.0.1:8765/ws", { onResync: (topic, missing) => refetch(topic) });
+//   client.subscribe("prices", (msg) => render(msg.data));
+//   await client.send("orders.create", { sku: "tea" });   // acked once, even across retries
+//
+// Same protocol, state machine, defaults, callbacks and metrics as the Python client
+// (tether.client). Options use the Python names in camelCase and the same units
+// (seconds); docs/configuration.md lists them with the reason for each default.
+//
+// Theory of operation
+// -------------------
+// `Session` is the protocol logic without I/O (frames in, events and frames out),
+// a line-by-line twin of tether/client/session.py. `StateMachine` applies the one
+// transition table (TRANSITIONS, identical to tether/client/state.py). `TetherClient`
+// is the driver: it owns the WebSocket, the timers and the browser signals
+// (online/offline, tab visibility), and reports through callbacks and DOM events.
+
+export const PROTOCOL_VERSION = 1;
+
+// Kept equal to tether.config.ClientConfig by tests/browser/test_js_parity.py.
+export const DEFAULTS = Object.freeze({
+  backoffBase: 1.0,
+  backoffFactor: 2.0,
+  backoffCap: 30.0,
+  maxAttempts: 10,
+  connectTimeout: 10.0,
+  stableAfter: 30.0,
+  circuitCooldown: 60.0,
+  outboxSize: 1000,
+  outboxPolicy: "reject-new",
+  outboxTtl: 120.0,
+});
+
+// --- state machine (see tether/client/state.py for the theory) -----------------------------
+
+export const State = Object.freeze({
+  DISCONNECTED: "disconnected",
+  CONNECTING: "connecting",
+  CONNECTED: "connected",
+  RECONNECTING: "reconnecting",
+  FAILED: "failed",
+  CLOSED: "closed",
+});
+
+export const Trigger = Object.freeze({
+  START: "start",
+  OPENED: "opened",
+  ATTEMPT_FAILED: "attempt_failed",
+  DROPPED: "dropped",
+  GAVE_UP: "gave_up",
+  PROBE: "probe",
+  ENDED: "ended",
+  RETRY: "retry",
+  CLOSE: "close",
+});
+
+export const TRANSITIONS = Object.freeze({
+  disconnected: { start: "connecting", retry: "connecting", close: "closed" },
+  connecting: {
+    opened: "connected",
+    attempt_failed: "reconnecting",
+    gave_up: "failed",
+    retry: "connecting",
+    close: "closed",
+  },
+  connected: {
+    dropped: "reconnecting",
+    gave_up: "failed",
+    ended: "disconnected",
+    retry: "reconnecting",
+    close: "closed",
+  },
+  reconnecting: {
+    opened: "connected",
+    attempt_failed: "reconnecting",
+    gave_up: "failed",
+    retry: "reconnecting",
+    close: "closed",
+  },
+  failed: { probe: "reconnecting", retry: "reconnecting", close: "closed" },
+  closed: {},
+});
+
+export class TetherError extends Error {
+  constructor(message, code) {
+    super(message);
+    this.name = this.constructor.name;
+    if (code !== undefined) this.code = code;
+  }
+}
+export class IllegalTransition extends TetherError {}
+export class NackError extends TetherError {}
+export class OutboxFull extends TetherError {}
+export class MessageExpired extends TetherError {}
+export class MessageDropped extends TetherError {}
+export class ClientClosed extends TetherError {}
+
+export class StateMachine {
+  constructor() {
+    this.state = State.DISCONNECTED;
+    this.everConnected = false;
+    this._listeners = [];
+  }
+  listen(fn) {
+    this._listeners.push(fn);
+  }
+  can(trigger) {
+    return trigger in TRANSITIONS[this.state];
+  }
+  fire(trigger) {
+    const next = TRANSITIONS[this.state][trigger];
+    if (next === undefined) {
+      throw new IllegalTransition(`'${trigger}' is not allowed in state '${this.state}'`);
+    }
+    const old = this.state;
+    this.state = next;
+    if (next === State.CONNECTED) this.everConnected = true;
+    if (next !== old) for (const fn of [...this._listeners]) fn(old, next);
+    return next;
+  }
+}
+
+// --- backoff: full jitter (tether/backoff.py) --------------------------------------------
+
+export function backoffCeiling(attempt, { base, factor, cap }) {
+  if (attempt < 0) throw new RangeError("attempt must be >= 0");
+  if (base <= 0 || cap <= 0) return 0;
+  if (factor <= 1) return Math.min(cap, base);
+  if (attempt * Math.log(factor) >= Math.log(cap / base)) return cap;
+  return Math.min(cap, base * factor ** attempt);
+}
+
+export function backoffDelay(attempt, opts, rand = Math.random()) {
+  if (!(rand >= 0 && rand < 1)) throw new RangeError("rand must be in [0, 1)");
+  return rand * backoffCeiling(attempt, opts);
+}
+
+// --- outbox (tether/outbox.py) -------------------------------------------------------------
+
+class Outbox {
+  constructor(maxSize, policy) {
+    this.maxSize = maxSize;
+    this.policy = policy;
+    this.items = new Map(); // id -> item, insertion order = send order
+  }
+  get size() {
+    return this.items.size;
+  }
+  add(item) {
+    const displaced = [];
+    if (this.policy === "coalesce-by-key" && item.key != null) {
+      for (const old of this.items.values()) {
+        if (old.key === item.key && !old.sent) {
+          displaced.push(old);
+          this.items.delete(old.id);
+          break;
+        }
+      }
+    }
+    if (this.items.size >= this.maxSize) {
+      if (this.policy === "drop-oldest") {
+        const oldest = this.items.values().next().value;
+        this.items.delete(oldest.id);
+        displaced.push(oldest);
+      } else {
+        throw new OutboxFull(`outbox full (${this.maxSize} messages, policy ${this.policy})`);
+      }
+    }
+    this.items.set(item.id, item);
+    return displaced;
+  }
+  resolve(id) {
+    const item = this.items.get(id);
+    if (item) this.items.delete(id);
+    return item;
+  }
+  expire(now) {
+    const dead = [...this.items.values()].filter((i) => i.expiresAt <= now);
+    for (const item of dead) this.items.delete(item.id);
+    return dead;
+  }
+  unsent() {
+    return [...this.items.values()].filter((i) => !i.sent);
+  }
+  markAllUnsent() {
+    for (const item of this.items.values()) item.sent = false;
+  }
+  clear() {
+    const all = [...this.items.values()];
+    this.items.clear();
+    return all;
+  }
+  nextExpiry() {
+    let min = Infinity;
+    for (const item of this.items.values()) min = Math.min(min, item.expiresAt);
+    return min === Infinity ? null : min;
+  }
+}
+
+// --- session: protocol logic without I/O (tether/client/session.py) ------------------------
+
+function randomHex(bytes) {
+  const a = new Uint8Array(bytes);
+  crypto.getRandomValues(a);
+  return [...a].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export class Session {
+  constructor({ outbox, heartbeatInterval = 25, heartbeatTimeout = 20 }) {
+    this.outbox = outbox;
+    this.heartbeatInterval = heartbeatInterval;
+    this.heartbeatTimeout = heartbeatTimeout;
+    this.connected = false;
+    this.subs = new Map(); // topic -> {topic, cursor, replayHead, replayEpoch, confirmed}
+    this.counters = {
+      messagesReceived: 0,
+      messagesRecovered: 0,
+      duplicatesDropped: 0,
+      resyncs: 0,
+      protocolErrors: 0,
+      rtt: null,
+      lastHeartbeat: null,
+    };
+    this.idPrefix = randomHex(8);
+    this.nextId = 0;
+    this.lastReceived = 0;
+    this.nextPing = 0;
+    this.lastPoll = null;
+    this.probeDeadline = null;
+  }
+
+  cursor(topic) {
+    const sub = this.subs.get(topic);
+    return sub ? sub.cursor : null;
+  }
+  isLive(topic) {
+    const sub = this.subs.get(topic);
+    return this.connected && !!sub && sub.confirmed;
+  }
+
+  subscribe(topic, resume = null) {
+    let sub = this.subs.get(topic);
+    if (!sub) {
+      sub = { topic, cursor: resume, replayHead: 0, replayEpoch: "", confirmed: false };
+      this.subs.set(topic, sub);
+    }
+    return this.connected ? this._subscribeFrame(sub) : null;
+  }
+  unsubscribe(topic) {
+    if (!this.subs.delete(topic) || !this.connected) return null;
+    return JSON.stringify({ type: "unsubscribe", topic });
+  }
+  _subscribeFrame(sub) {
+    sub.confirmed = false;
+    const frame = { type: "subscribe", topic: sub.topic };
+    if (sub.cursor) frame.resume = { epoch: sub.cursor.epoch, offset: sub.cursor.offset };
+    return JSON.stringify(frame);
+  }
+
+  newId() {
+    this.nextId += 1;
+    return `${this.idPrefix}-${this.nextId}`;
+  }
+  makeSend(event, data, expiresAt, key = null) {
+    const id = this.newId();
+    const frame = JSON.stringify({ type: "send", id, event, data: data === undefined ? null : data });
+    return { id, frame, expiresAt, key, sent: false, resolve: null, reject: null };
+  }
+  makePublish(topic, data, expiresAt) {
+    const id = this.newId();
+    const frame = JSON.stringify({ type: "publish", id, topic, data: data === undefined ? null : data });
+    return { id, frame, expiresAt, key: null, sent: false, resolve: null, reject: null };
+  }
+  takeUnsent() {
+    if (!this.connected) return [];
+    const items = this.outbox.unsent();
+    for (const item of items) item.sent = true;
+    return items.map((i) => i.frame);
+  }
+
+  connectionOpened(now) {
+    this.connected = true;
+    this.lastReceived = now;
+    this.nextPing = now + this.heartbeatInterval;
+    this.lastPoll = null;
+    this.probeDeadline = null;
+    this.outbox.markAllUnsent();
+    const frames = [...this.subs.values()].map((s) => this._subscribeFrame(s));
+    return frames.concat(this.takeUnsent());
+  }
+  connectionLost() {
+    this.connected = false;
+    for (const sub of this.subs.values()) sub.confirmed = false;
+    this.outbox.markAllUnsent();
+  }
+
+  // Liveness, judged by what arrived. A check that runs late (a throttled background tab)
+  // does not declare the link dead on the spot: it pings and waits heartbeatTimeout for
+  // any frame, because the frames may simply not have been processed yet.
+  poll(now, tick) {
+    const late = this.lastPoll !== null && now - this.lastPoll > 3 * tick;
+    this.lastPoll = now;
+    const result = { frames: [], dead: false };
+    const deadline = this.lastReceived + this.heartbeatInterval + this.heartbeatTimeout;
+    if (this.probeDeadline !== null) {
+      if (this.lastReceived >= this.probeDeadline - this.heartbeatTimeout) {
+        this.probeDeadline = null; // something arrived after the probe: alive
+      } else if (now >= this.probeDeadline) {
+        result.dead = true;
+        return result;
+      }
+    }
+    if (now >= deadline && this.probeDeadline === null) {
+      if (late) {
+        this.probeDeadline = now + this.heartbeatTimeout;
+        result.frames.push(JSON.stringify({ type: "ping", ts: Math.round(now * 1000) }));
+        this.nextPing = now + this.heartbeatInterval;
+        return result;
+      }
+      result.dead = true;
+      return result;
+    }
+    if (now >= this.nextPing) {
+      result.frames.push(JSON.stringify({ type: "ping", ts: Math.round(now * 1000) }));
+      this.nextPing = now + this.heartbeatInterval;
+    }
+    return result;
+  }
+
+  probe(now) {
+    // An explicit liveness check (tab became visible, network came back).
+    if (!this.connected) return [];
+    this.probeDeadline = now + this.heartbeatTimeout;
+    this.lastReceived = Math.min(this.lastReceived, now - 1e-3);
+    return [JSON.stringify({ type: "ping", ts: Math.round(now * 1000) })];
+  }
+
+  receive(text, now) {
+    this.lastReceived = now;
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch (err) {
+      this.counters.protocolErrors += 1;
+      return { events: [{ kind: "error", code: "invalid_json", message: String(err) }], replies: [] };
+    }
+    if (frame === null || typeof frame !== "object" || typeof frame.type !== "string") {
+      this.counters.protocolErrors += 1;
+      return { events: [{ kind: "error", code: "invalid_frame", message: "not a frame" }], replies: [] };
+    }
+    switch (frame.type) {
+      case "message":
+        return { events: this._onMessage(frame), replies: [] };
+      case "ping":
+        this.counters.lastHeartbeat = now;
+        return { events: [], replies: [JSON.stringify({ type: "pong", ts: frame.ts })] };
+      case "pong":
+        this.counters.rtt = Math.max(0, now - frame.ts / 1000);
+        this.counters.lastHeartbeat = now;
+        return { events: [], replies: [] };
+      case "subscribed":
+        return { events: this._onSubscribed(frame), replies: [] };
+      case "ack":
+      case "nack": {
+        const item = this.outbox.resolve(frame.id);
+        if (!item) return { events: [], replies: [] };
+        return {
+          events: [
+            frame.type === "ack"
+              ? { kind: "resolved", item, ok: true, result: frame.result === undefined ? null : frame.result }
+              : { kind: "resolved", item, ok: false, code: frame.code, message: frame.message },
+          ],
+          replies: [],
+        };
+      }
+      case "welcome":
+        this.heartbeatInterval = frame.heartbeat_ms / 1000;
+        this.heartbeatTimeout = frame.heartbeat_timeout_ms / 1000;
+        this.nextPing = now + this.heartbeatInterval;
+        this.counters.lastHeartbeat = now;
+        return { events: [{ kind: "welcome", welcome: frame }], replies: [] };
+      case "error":
+        return {
+          events: [{ kind: "error", code: frame.code, message: frame.message, ref: frame.ref ?? null }],
+          replies: [],
+        };
+      case "unsubscribed":
+        return { events: [], replies: [] };
+      default:
+        this.counters.protocolErrors += 1;
+        return { events: [{ kind: "error", code: "invalid_frame", message: `unknown type ${frame.type}` }], replies: [] };
+    }
+  }
+
+  _onSubscribed(reply) {
+    const sub = this.subs.get(reply.topic);
+    if (!sub) return [];
+    const resume = sub.cursor;
+    let offset = resume && resume.epoch === reply.epoch ? resume.offset : 0;
+    if (!resume) offset = reply.head;
+    const missing = reply.missing || [];
+    for (const gap of missing) {
+      if (gap.epoch === reply.epoch && gap.from === offset + 1 && gap.to !== null) offset = gap.to;
+    }
+    sub.cursor = { epoch: reply.epoch, offset: Math.min(offset, reply.head) };
+    sub.replayEpoch = reply.epoch;
+    sub.replayHead = reply.head;
+    sub.confirmed = true;
+    const events = [{ kind: "confirmed", topic: reply.topic, recovered: reply.recovered, cursor: sub.cursor }];
+    if (missing.length) {
+      this.counters.resyncs += 1;
+      events.push({ kind: "resync", topic: reply.topic, missing, cursor: sub.cursor });
+    }
+    return events;
+  }
+
+  _onMessage(msg) {
+    const sub = this.subs.get(msg.topic);
+    if (!sub || !sub.cursor) return [];
+    const cursor = sub.cursor;
+    const events = [];
+    if (msg.epoch === cursor.epoch) {
+      if (msg.offset <= cursor.offset) {
+        this.counters.duplicatesDropped += 1;
+        return [];
+      }
+      if (msg.offset > cursor.offset + 1) {
+        events.push({
+          kind: "resync",
+          topic: msg.topic,
+          missing: [{ epoch: msg.epoch, from: cursor.offset + 1, to: msg.offset - 1 }],
+          cursor: { epoch: msg.epoch, offset: msg.offset - 1 },
+        });
+      }
+    } else {
+      const missing = [{ epoch: cursor.epoch, from: cursor.offset + 1, to: null }];
+      if (msg.offset > 1) missing.push({ epoch: msg.epoch, from: 1, to: msg.offset - 1 });
+      events.push({ kind: "resync", topic: msg.topic, missing, cursor: { epoch: msg.epoch, offset: msg.offset - 1 } });
+    }
+    if (events.length) this.counters.resyncs += 1;
+    sub.cursor = { epoch: msg.epoch, offset: msg.offset };
+    const recovered = msg.epoch === sub.replayEpoch && msg.offset <= sub.replayHead;
+    this.counters.messagesReceived += 1;
+    if (recovered) this.counters.messagesRecovered += 1;
+    events.push({
+      kind: "delivery",
+      message: { topic: msg.topic, epoch: msg.epoch, offset: msg.offset, ts: msg.ts, data: msg.data, recovered },
+    });
+    return events;
+  }
+}
+
+// --- close codes (docs/protocol.md) --------------------------------------------------------
+
+export const CloseCode = Object.freeze({
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002,
+  ABNORMAL: 1006,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  SERVICE_RESTART: 1012,
+  TRY_AGAIN_LATER: 1013,
+  SLOW_CONSUMER: 4008,
+});
+
+export function parseCloseHint(reason) {
+  try {
+    const body = JSON.parse(reason);
+    const ms = body && body.retry_after_ms;
+    if (typeof ms === "number" && ms >= 0 && ms <= 3_600_000) return ms / 1000;
+  } catch {
+    // not a hint: a plain human reason
+  }
+  return null;
+}
+
+// --- the driver ----------------------------------------------------------------------------
+
+const now = () => performance.now() / 1000;
+const CURSOR_KEY = (url) => `tether:cursors:${url}`;
+// Deliveries wait here, in order, while an async handler runs. Browsers offer no read
+// backpressure on a WebSocket, so this is a hard bound instead: past it the connection is
+// dropped and resumed from the cursor (the hub replays; nothing is lost). Same size as
+// INBOX_SIZE in the Python client.
+const INBOX_SIZE = 1024;
+
+export class TetherClient extends EventTarget {
+  constructor(url, options = {}) {
+    super();
+    const known = new Set([
+      ...Object.keys(DEFAULTS),
+      "onStateChange", "onReconnect", "onResync", "onError",
+      "persistCursors", "storage", "debug", "WebSocket",
+    ]);
+    for (const key of Object.keys(options)) {
+      if (!known.has(key)) throw new TypeError(`unknown Tether option '${key}'`);
+    }
+    this.url = url;
+    this.config = Object.freeze({ ...DEFAULTS, ...pick(options, Object.keys(DEFAULTS)) });
+    this.onStateChange = options.onStateChange || null;
+    this.onReconnect = options.onReconnect || null;
+    this.onResync = options.onResync || null;
+    this.onError = options.onError || null;
+    this._WebSocket = options.WebSocket || globalThis.WebSocket;
+    this._storage = options.persistCursors === false ? null : options.storage || safeSessionStorage();
+    this._machine = new StateMachine();
+    this._machine.listen((from, to) => this._stateChanged(from, to));
+    this._session = new Session({
+      outbox: new Outbox(this.config.outboxSize, this.config.outboxPolicy),
+    });
+    this._handlers = new Map();
+    this._delivered = new Map();
+    this._inbox = [];
+    this._draining = false;
+    this._ws = null;
+    this._attempts = 0;
+    this._connectedAt = 0;
+    this._timer = null;
+    this._nextAttemptAt = null;
+    this._heartbeatTimer = null;
+    this._expiryTimer = null;
+    this._saveTimer = null;
+    this._retryRequested = false;
+    this._started = false;
+    this._verbose = !!options.debug;
+    this._lastError = null;
+    this._m = {
+      totalReconnects: 0,
+      failedReconnects: 0,
+      successfulConnects: 0,
+      heartbeatFailures: 0,
+      circuitBreakerTrips: 0,
+    };
+    this._onOnline = () => this._networkBack();
+    this._onOffline = () => this._networkGone();
+    this._onVisible = () => {
+      if (document.visibilityState === "visible") this._networkBack();
+    };
+    this._onPageHide = () => this._saveCursors();
+    this._stored = this._loadCursors();
+    if (options.debug) this._installDebug(options.debug);
+  }
+
+  // --- public API ------------------------------------------------------------------------
+
+  get state() {
+    return this._machine.state;
+  }
+
+  metrics() {
+    const c = this._session.counters;
+    const t = now();
+    return {
+      state: this.state,
+      reconnectAttempts: this._attempts,
+      totalReconnects: this._m.totalReconnects,
+      failedReconnects: this._m.failedReconnects,
+      successfulConnects: this._m.successfulConnects,
+      heartbeatFailures: this._m.heartbeatFailures,
+      circuitBreakerTrips: this._m.circuitBreakerTrips,
+      lastHeartbeat: c.lastHeartbeat === null ? null : Date.now() - (t - c.lastHeartbeat) * 1000,
+      isCircuitOpen: this.state === State.FAILED,
+      messagesReceived: c.messagesReceived,
+      messagesRecovered: c.messagesRecovered,
+      duplicatesDropped: c.duplicatesDropped,
+      resyncs: c.resyncs,
+      outboxSize: this._session.outbox.size,
+      rtt: c.rtt,
+      nextRetryIn: this._nextAttemptAt === null ? null : Math.max(0, this._nextAttemptAt - t),
+      lastError: this._lastError,
+    };
+  }
+
+  cursor(topic) {
+    return this._delivered.get(topic) || this._session.cursor(topic);
+  }
+
+  isLive(topic) {
+    return this._session.isLive(topic);
+  }
+
+  start() {
+    if (this._started) return this;
+    this._started = true;
+    this._machine.fire(Trigger.START);
+    if (typeof window !== "undefined") {
+      window.addEventListener("online", this._onOnline);
+      window.addEventListener("offline", this._onOffline);
+      window.addEventListener("pagehide", this._onPageHide);
+      document.addEventListener("visibilitychange", this._onVisible);
+    }
+    this._attempt();
+    return this;
+  }
+
+  subscribe(topic, handler) {
+    this._handlers.set(topic, handler);
+    const frame = this._session.subscribe(topic, this._stored[topic] || null);
+    if (frame) this._writeRaw([frame]);
+    this._emit("topicstate", { topic, live: this.isLive(topic) });
+    return () => this.unsubscribe(topic);
+  }
+
+  unsubscribe(topic) {
+    this._handlers.delete(topic);
+    this._delivered.delete(topic);
+    const frame = this._session.unsubscribe(topic);
+    if (frame) this._writeRaw([frame]);
+  }
+
+  send(event, data, { key = null, ttl = null, waitAck = true } = {}) {
+    const item = this._session.makeSend(event, data, this._expiry(ttl), key);
+    return this._submit(item, waitAck);
+  }
+
+  publish(topic, data, { ttl = null, waitAck = true } = {}) {
+    const item = this._session.makePublish(topic, data, this._expiry(ttl));
+    return this._submit(item, waitAck);
+  }
+
+  reconnect() {
+    if (this.state === State.CLOSED) throw new ClientClosed("client is closed");
+    this._retryRequested = true;
+    if (this._ws) this._drop(this._ws, "reconnect requested");
+    else this._runNext();
+  }
+
+  disconnect() {
+    // Drop the connection as if the network failed (for testing recovery).
+    if (this._ws) this._drop(this._ws, "disconnected by the app");
+  }
+
+  close() {
+    if (this.state === State.CLOSED) return;
+    this._machine.fire(Trigger.CLOSE);
+    clearTimeout(this._timer);
+    clearTimeout(this._heartbeatTimer);
+    clearTimeout(this._expiryTimer);
+    this._saveCursors();
+    if (typeof window !== "undefined") {
+      window.removeEventListener("online", this._onOnline);
+      window.removeEventListener("offline", this._onOffline);
+      window.removeEventListener("pagehide", this._onPageHide);
+      document.removeEventListener("visibilitychange", this._onVisible);
+    }
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      detach(ws);
+      try {
+        ws.close(1000, "client closed");
+      } catch {
+        // already closing
+      }
+    }
+    for (const item of this._session.outbox.clear()) {
+      item.reject(new ClientClosed("client closed before the hub acknowledged"));
+    }
+  }
+
+  // --- outbox ------------------------------------------------------------------------------
+
+  _expiry(ttl) {
+    return now() + (ttl === null ? this.config.outboxTtl : ttl);
+  }
+
+  _submit(item, waitAck) {
+    if (this.state === State.CLOSED) return Promise.reject(new ClientClosed("client is closed"));
+    const promise = new Promise((resolve, reject) => {
+      item.resolve = resolve;
+      item.reject = reject;
+    });
+    let displaced;
+    try {
+      displaced = this._session.outbox.add(item);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    for (const old of displaced) old.reject(new MessageDropped(`message ${old.id} displaced by policy`));
+    this._scheduleExpiry();
+    this._writeRaw([]);
+    if (!waitAck) {
+      promise.catch((err) => this._log("warn", "unacknowledged send failed", err));
+      return Promise.resolve(item.id);
+    }
+    return promise;
+  }
+
+  _scheduleExpiry() {
+    clearTimeout(this._expiryTimer);
+    const when = this._session.outbox.nextExpiry();
+    if (when === null) return;
+    this._expiryTimer = setTimeout(() => {
+      for (const item of this._session.outbox.expire(now())) {
+        item.reject(new MessageExpired(`message ${item.id} expired before it was acked`));
+      }
+      this._scheduleExpiry();
+    }, Math.max(0, (when - now()) * 1000));
+  }
+
+  // --- connection loop ---------------------------------------------------------------------
+
+  _stateChanged(from, to) {
+    this._log("info", `state ${from} -> ${to}`);
+    if (this.onStateChange) safeCall(this.onStateChange, from, to);
+    this._emit("statechange", { from, to });
+    for (const topic of this._handlers.keys()) this._emit("topicstate", { topic, live: this.isLive(topic) });
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _runNext(delay = 0) {
+    clearTimeout(this._timer);
+    this._nextAttemptAt = now() + delay;
+    this._timer = setTimeout(() => {
+      this._nextAttemptAt = null;
+      if (this._retryRequested) {
+        this._retryRequested = false;
+        this._attempts = 0;
+        if (this._machine.can(Trigger.RETRY)) this._machine.fire(Trigger.RETRY);
+      } else if (this.state === State.FAILED) {
+        this._machine.fire(Trigger.PROBE);
+      }
+      if (this.state === State.CONNECTING || this.state === State.RECONNECTING) this._attempt();
+    }, delay * 1000);
+    this._emit("retry", { in: delay });
+  }
+
+  _attempt() {
+    if (this._ws) return;
+    this._attempts += 1;
+    let ws;
+    try {
+      ws = new this._WebSocket(this.url);
+    } catch (err) {
+      this._attemptFailed(`cannot open: ${err.message}`, null, false);
+      return;
+    }
+    this._ws = ws;
+    let welcomed = false;
+    const timeout = setTimeout(() => {
+      if (!welcomed) this._drop(ws, "connect timeout");
+    }, this.config.connectTimeout * 1000);
+    ws.onmessage = (ev) => {
+      const t = now();
+      if (!welcomed) {
+        const { events } = this._session.receive(ev.data, t);
+        const welcome = events.find((e) => e.kind === "welcome");
+        if (!welcome) return this._drop(ws, "hub did not start with a welcome frame");
+        if (welcome.welcome.version !== PROTOCOL_VERSION) {
+          ws.close(1002, "unsupported protocol version");
+          return;
+        }
+        welcomed = true;
+        clearTimeout(timeout);
+        this._opened(ws);
+        return;
+      }
+      this._frame(ws, ev.data, t);
+    };
+    ws.onclose = (ev) => {
+      clearTimeout(timeout);
+      this._closed(ws, ev.code, ev.reason);
+    };
+    ws.onerror = () => {
+      /* a close event follows */
+    };
+  }
+
+  _attemptFailed(reason, hint, fatal) {
+    this._lastError = reason;
+    this._log("info", `connect attempt ${this._attempts} failed: ${reason}`);
+    if (this.state === State.CLOSED) return;
+    if (this._retryRequested) return this._runNext(0);
+    this._m.failedReconnects += 1;
+    if (fatal || this._attempts >= this.config.maxAttempts) {
+      this._m.circuitBreakerTrips += 1;
+      this._machine.fire(Trigger.GAVE_UP);
+      this._runNext(this.config.circuitCooldown);
+      return;
+    }
+    this._machine.fire(Trigger.ATTEMPT_FAILED);
+    this._runNext(hint !== null ? hint : this._backoff());
+  }
+
+  _backoff() {
+    const c = this.config;
+    return backoffDelay(this._attempts, { base: c.backoffBase, factor: c.backoffFactor, cap: c.backoffCap });
+  }
+
+  _opened(ws) {
+    const reconnect = this._machine.everConnected;
+    this._connectedAt = now();
+    this._m.successfulConnects += 1;
+    if (reconnect) this._m.totalReconnects += 1;
+    this._machine.fire(Trigger.OPENED);
+    const frames = this._session.connectionOpened(now());
+    for (const f of frames) ws.send(f);
+    if (reconnect) this._enqueue({ kind: "reconnected" });
+    this._heartbeat(ws);
+  }
+
+  _frame(ws, data, t) {
+    const { events, replies } = this._session.receive(data, t);
+    for (const r of replies) ws.send(r);
+    for (const event of events) {
+      if (event.kind === "delivery" || event.kind === "resync" || event.kind === "confirmed") {
+        this._enqueue(event);
+      } else if (event.kind === "resolved") {
+        const item = event.item;
+        if (event.ok) item.resolve(event.result);
+        else item.reject(new NackError(`${event.code}: ${event.message}`, event.code));
+        this._scheduleExpiry();
+      } else if (event.kind === "error") {
+        this._log("warn", `hub error ${event.code}: ${event.message}`);
+        if (this.onError) safeCall(this.onError, event.code, event.message);
+      }
+    }
+    if (this._inbox.length > INBOX_SIZE) {
+      this._drop(ws, "app cannot keep up: resuming from cursor");
+    }
+  }
+
+  _enqueue(event) {
+    this._inbox.push(event);
+    if (!this._draining) this._drain();
+  }
+
+  async _drain() {
+    this._draining = true;
+    try {
+      while (this._inbox.length) {
+        const event = this._inbox.shift();
+        if (this.state === State.CLOSED) return;
+        if (event.kind === "reconnected") {
+          if (this.onReconnect) await safeCallAsync(this.onReconnect);
+          this._emit("reconnect", {});
+        } else if (event.kind === "delivery") {
+          const msg = event.message;
+          this._delivered.set(msg.topic, { epoch: msg.epoch, offset: msg.offset });
+          this._scheduleSave();
+          const handler = this._handlers.get(msg.topic);
+          if (handler) await safeCallAsync(handler, msg);
+          this._emit("message", msg);
+        } else if (event.kind === "resync") {
+          if (event.cursor) this._delivered.set(event.topic, event.cursor);
+          this._scheduleSave();
+          this._log("warn", `resync ${event.topic}: missing ${JSON.stringify(event.missing)}`);
+          if (this.onResync) await safeCallAsync(this.onResync, event.topic, event.missing);
+          this._emit("resync", { topic: event.topic, missing: event.missing });
+        } else if (event.kind === "confirmed") {
+          if (event.cursor && !this._delivered.has(event.topic) && this._handlers.has(event.topic)) {
+            this._delivered.set(event.topic, event.cursor);
+            this._scheduleSave();
+          }
+          this._emit("topicstate", { topic: event.topic, live: this.isLive(event.topic) });
+        }
+      }
+    } finally {
+      this._draining = false;
+    }
+  }
+
+  _heartbeat(ws) {
+    const tick = Math.max(0.05, Math.min(this._session.heartbeatInterval, this._session.heartbeatTimeout) / 4);
+    const check = () => {
+      if (this._ws !== ws) return;
+      const t = now();
+      if (this._attempts && t - this._connectedAt >= this.config.stableAfter) this._attempts = 0;
+      const poll = this._session.poll(t, tick);
+      if (poll.dead) {
+        this._m.heartbeatFailures += 1;
+        this._log("warn", "heartbeat deadline passed: connection presumed dead");
+        this._drop(ws, "heartbeat timeout");
+        return;
+      }
+      for (const f of poll.frames) ws.send(f);
+      this._heartbeatTimer = setTimeout(check, tick * 1000);
+    };
+    this._heartbeatTimer = setTimeout(check, tick * 1000);
+  }
+
+  // End a socket now, from our side, without waiting for the close handshake (which a
+  // dead network never completes), and carry on as if it had closed abnormally.
+  _drop(ws, reason) {
+    if (this._ws !== ws) return;
+    detach(ws);
+    try {
+      ws.close(4000, reason.slice(0, 120));
+    } catch {
+      // already closing
+    }
+    this._closed(ws, 1006, reason);
+  }
+
+  _closed(ws, code, reason) {
+    if (this._ws !== ws) return;
+    this._ws = null;
+    clearTimeout(this._heartbeatTimer);
+    const wasConnected = this.state === State.CONNECTED;
+    if (wasConnected) this._session.connectionLost();
+    this._lastError = `${code} ${reason || ""}`.trim();
+    this._log("info", `connection closed: ${this._lastError}`);
+    if (this.state === State.CLOSED) return;
+    if (!wasConnected) {
+      const hinted = code === CloseCode.SERVICE_RESTART || code === CloseCode.TRY_AGAIN_LATER;
+      this._attemptFailed(this._lastError, hinted ? parseCloseHint(reason) : null, code === CloseCode.POLICY_VIOLATION);
+      return;
+    }
+    if (this._retryRequested) return this._runNext(0);
+    if (now() - this._connectedAt >= this.config.stableAfter) this._attempts = 0;
+    if (code === CloseCode.POLICY_VIOLATION) {
+      this._m.circuitBreakerTrips += 1;
+      this._machine.fire(Trigger.GAVE_UP);
+      this._runNext(this.config.circuitCooldown);
+      return;
+    }
+    if (code === CloseCode.NORMAL) {
+      this._machine.fire(Trigger.ENDED);
+      return;
+    }
+    this._machine.fire(Trigger.DROPPED);
+    const hint =
+      code === CloseCode.SERVICE_RESTART || code === CloseCode.TRY_AGAIN_LATER ? parseCloseHint(reason) : null;
+    this._runNext(hint !== null ? hint : this._backoff());
+  }
+
+  _writeRaw(frames) {
+    const ws = this._ws;
+    if (!ws || this.state !== State.CONNECTED) return;
+    for (const f of frames) ws.send(f);
+    for (const f of this._session.takeUnsent()) ws.send(f);
+  }
+
+  // --- browser signals ---------------------------------------------------------------------
+
+  _networkBack() {
+    // The network (or the tab) is back: check the link now instead of waiting for a timer.
+    if (this.state === State.CONNECTED && this._ws) {
+      for (const f of this._session.probe(now())) this._ws.send(f);
+    } else if (this.state === State.RECONNECTING || this.state === State.FAILED) {
+      if (!this._ws) {
+        this._attempts = Math.min(this._attempts, this.config.maxAttempts - 1);
+        this._runNext(0);
+      }
+    }
+  }
+
+  _networkGone() {
+    if (this._ws) this._drop(this._ws, "browser went offline");
+  }
+
+  // --- resume cursor across page reloads -----------------------------------------------------
+
+  _loadCursors() {
+    if (!this._storage) return {};
+    try {
+      const raw = this._storage.getItem(CURSOR_KEY(this.url));
+      const parsed = raw ? JSON.parse(raw) : {};
+      return parsed && typeof parsed === "object" ? parsed : {};
+    } catch {
+      return {};
+    }
+  }
+
+  _scheduleSave() {
+    if (!this._storage || this._saveTimer !== null) return;
+    this._saveTimer = setTimeout(() => this._saveCursors(), 250);
+  }
+
+  _saveCursors() {
+    if (this._saveTimer !== null) clearTimeout(this._saveTimer);
+    this._saveTimer = null;
+    if (!this._storage) return;
+    const out = {};
+    for (const [topic, cursor] of this._delivered) out[topic] = cursor;
+    try {
+      this._storage.setItem(CURSOR_KEY(this.url), JSON.stringify(out));
+    } catch (err) {
+      this._log("warn", "could not persist cursors", err);
+    }
+  }
+
+  // --- debug ----------------------------------------------------------------------------------
+
+  _installDebug(name) {
+    const key = typeof name === "string" ? name : "tether";
+    globalThis[key] = {
+      client: this,
+      getMetrics: () => this.metrics(),
+      getState: () => this.state,
+      reconnect: () => this.reconnect(),
+      disconnect: () => this.disconnect(),
+    };
+  }
+
+  _log(level, ...args) {
+    if (level === "info" && !this._verbose) return;
+    (console[level] || console.log)("[tether]", ...args);
+  }
+}
+
+export function connect(url, options = {}) {
+  return new TetherClient(url, options).start();
+}
+
+// The hub's own WebSocket URL for a page it serves.
+export function defaultUrl(path = "/ws") {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}${path}`;
+}
+
+function pick(obj, keys) {
+  const out = {};
+  for (const k of keys) if (obj[k] !== undefined) out[k] = obj[k];
+  return out;
+}
+
+function detach(ws) {
+  ws.onmessage = null;
+  ws.onclose = null;
+  ws.onerror = null;
+}
+
+function safeSessionStorage() {
+  try {
+    return globalThis.sessionStorage || null;
+  } catch {
+    return null;
+  }
+}
+
+function safeCall(fn, ...args) {
+  try {
+    return fn(...args);
+  } catch (err) {
+    console.error("[tether] callback failed", err);
+    return undefined;
+  }
+}
+
+async function safeCallAsync(fn, ...args) {
+  try {
+    await fn(...args);
+  } catch (err) {
+    // An app callback's bug must not stop delivery or lose the cursor.
+    console.error("[tether] callback failed", err);
+  }
+}

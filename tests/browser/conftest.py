@@ -60,7 +60,8 @@ class BrowserClient:
                 window.tetherModule = t;
                 window.client = t.connect(url, {
                     ...options,
-                    onStateChange: (from, to) => rec.states.push([from, to, performance.now() / 1000]),
+                    onStateChange: (from, to) =>
+                        rec.states.push([from, to, performance.now() / 1000]),
                     onReconnect: () => { rec.reconnects += 1; },
                     onResync: (topic, missing) => { rec.resyncs.push([topic, missing]); },
                 });

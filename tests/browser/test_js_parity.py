@@ -44,7 +44,8 @@ async def test_backoff_ceilings_agree(page: Page) -> None:
     got = await page.evaluate(
         """async (cases) => {
             const t = await import('/tether.js');
-            return cases.map(([n, base, factor, cap]) => t.backoffCeiling(n, { base, factor, cap }));
+            return cases.map(
+                ([n, base, factor, cap]) => t.backoffCeiling(n, { base, factor, cap }));
         }""",
         cases,
     )

@@ -1,0 +1,312 @@
+"""The conformance scenarios of docs/protocol.md, for the browser client, in real Chromium.
+
+Same list, same hub, same chaos proxy as tests/conformance/ (the Python client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from playwright.async_api import Page
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from tether import Hub, Incoming
+from tether.chaos import ChaosProxy
+from tether.server.serve import HubServer
+
+from ..conftest import StartHub
+from ..support import T, eventually, hub_options
+from .conftest import BrowserClient
+
+SCALED = {
+    "backoffBase": T,
+    "backoffCap": 5 * T,
+    "connectTimeout": 20 * T,
+    "stableAfter": 50 * T,
+    "circuitCooldown": 20 * T,
+    "persistCursors": False,
+}
+
+
+async def until(check: Any, *, timeout: float = 100 * T, what: str = "condition") -> None:
+    """Await an async predicate until it holds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        await asyncio.sleep(T / 10)
+
+
+@pytest.fixture
+async def proxy(hub_server: HubServer) -> AsyncIterator[ChaosProxy]:
+    p = ChaosProxy(target=("127.0.0.1", hub_server.port))
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def via(proxy: ChaosProxy) -> str:
+    return f"ws://127.0.0.1:{proxy.port}/ws"
+
+
+async def started(page: Page, url: str, *topics: str, **options: Any) -> BrowserClient:
+    client = BrowserClient(page)
+    await client.start(url, **{**SCALED, **options})
+    for topic in topics:
+        await client.subscribe(topic)
+
+    async def live() -> bool:
+        return all([await client.is_live(t) for t in topics])
+
+    await until(live, what="subscribed")
+    return client
+
+
+async def test_s01_first_connect(page: Page, hub_server: HubServer) -> None:
+    client = await started(page, hub_server.url, "t")
+    rec = await client.rec()
+    assert [s[1] for s in rec["states"]] == ["connecting", "connected"]
+    assert rec["reconnects"] == 0
+
+
+async def test_s02_cut_resume(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
+    client = await started(page, via(proxy), "t")
+    total = 200
+
+    async def publish() -> None:
+        for n in range(total):
+            await hub_server.hub.publish("t", n)
+            await asyncio.sleep(T / 20)
+
+    publisher = asyncio.create_task(publish())
+    cuts = 0
+    while not publisher.done():
+        await asyncio.sleep(3 * T)
+        if await client.state() == "connected":
+            cuts += proxy.cut() > 0
+    await publisher
+
+    async def complete() -> bool:
+        return len(await client.offsets("t")) >= total
+
+    await until(complete, what="all messages")
+
+    async def all_back() -> bool:
+        return (await client.rec())["reconnects"] == cuts and await client.state() == "connected"
+
+    await until(all_back, what="a reconnect per cut")
+    rec = await client.rec()
+    assert await client.offsets("t") == list(range(1, total + 1))
+    assert [d["data"] for d in rec["deliveries"]] == list(range(total))
+    assert cuts >= 3 and rec["reconnects"] >= 3 and rec["resyncs"] == []
+
+
+async def test_s03_zero_before_drop(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
+    client = await started(page, via(proxy), "t")
+    proxy.refuse()
+    proxy.cut()
+    await until(lambda: _is(client, "reconnecting"), what="reconnecting")
+    for n in range(5):
+        await hub_server.hub.publish("t", n)
+    proxy.heal()
+    await until(lambda: _count(client, "t", 5), what="replay")
+    rec = await client.rec()
+    assert [d["offset"] for d in rec["deliveries"]] == [1, 2, 3, 4, 5]
+    assert all(d["recovered"] for d in rec["deliveries"])
+
+
+async def test_s04_half_open(page: Page, start_hub: StartHub) -> None:
+    server = await start_hub(heartbeat_interval=2 * T, heartbeat_timeout=2 * T)
+    proxy = ChaosProxy(target=("127.0.0.1", server.port))
+    await proxy.start()
+    client = await started(page, via(proxy), "t")
+    await server.hub.publish("t", "before")
+    await until(lambda: _count(client, "t", 1), what="first")
+    stalled_at = time.monotonic()
+    proxy.stall()
+    await server.hub.publish("t", "during")
+    await until(lambda: _is(client, "reconnecting"), what="stall detected")
+    assert time.monotonic() - stalled_at <= 4 * T + 3 * T
+    assert (await client.metrics())["heartbeatFailures"] == 1
+    proxy.heal()
+    await server.hub.publish("t", "after")
+    await until(lambda: _count(client, "t", 3), what="recovered")
+    rec = await client.rec()
+    assert [d["data"] for d in rec["deliveries"]] == ["before", "during", "after"]
+    await proxy.stop()
+
+
+async def test_s05_restart_gap(page: Page, start_hub: StartHub) -> None:
+    first = await start_hub()
+    client = await started(page, first.url, "t")
+    for n in range(5):
+        await first.hub.publish("t", n)
+    await until(lambda: _count(client, "t", 5), what="first epoch")
+    old_epoch = (await client.rec())["deliveries"][0]["epoch"]
+    await first.stop()
+    second = await start_hub(Hub(**hub_options(port=first.port)))
+    for n in range(3):
+        await second.hub.publish("t", n)
+    await until(lambda: _count(client, "t", 8), what="new epoch")
+    rec = await client.rec()
+    assert rec["resyncs"] == [["t", [{"epoch": old_epoch, "from": 6, "to": None}]]]
+    assert [d["offset"] for d in rec["deliveries"][5:]] == [1, 2, 3]
+
+
+async def test_s06_history_too_short(page: Page, start_hub: StartHub) -> None:
+    server = await start_hub(history_size=5)
+    proxy = ChaosProxy(target=("127.0.0.1", server.port))
+    await proxy.start()
+    client = await started(page, via(proxy), "t")
+    for n in range(2):
+        await server.hub.publish("t", n)
+    await until(lambda: _count(client, "t", 2), what="live")
+    epoch = (await client.rec())["deliveries"][0]["epoch"]
+    proxy.refuse()
+    proxy.cut()
+    for n in range(2, 20):
+        await server.hub.publish("t", n)
+    proxy.heal()
+    await until(lambda: _count(client, "t", 7), what="retained history")
+    rec = await client.rec()
+    assert rec["resyncs"] == [["t", [{"epoch": epoch, "from": 3, "to": 15}]]]
+    assert await client.offsets("t") == [1, 2, 16, 17, 18, 19, 20]
+    await proxy.stop()
+
+
+async def test_s07_outbox_flush(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
+    seen: list[Any] = []
+
+    @hub_server.hub.on("note")
+    async def note(msg: Incoming) -> int:
+        seen.append(msg.data)
+        return len(seen)
+
+    client = await started(page, via(proxy), "t")
+    proxy.refuse()
+    proxy.cut()
+    await until(lambda: _is(client, "reconnecting"), what="offline")
+    await page.evaluate(
+        "() => { window.sends = [...Array(10).keys()].map((n) => window.client.send('note', n)); }"
+    )
+    assert (await client.metrics())["outboxSize"] == 10
+    proxy.heal()
+    results = await page.evaluate("() => Promise.all(window.sends)")
+    assert seen == list(range(10))
+    assert results == list(range(1, 11))
+
+
+async def test_s08_retry_dedup(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
+    runs: list[str] = []
+
+    @hub_server.hub.on("charge")
+    async def charge(msg: Incoming) -> dict[str, Any]:
+        runs.append(msg.id)
+        if len(runs) == 1:
+            proxy.cut()
+            await asyncio.sleep(T)
+        return {"charged": msg.data}
+
+    await started(page, via(proxy), "t")
+    result = await page.evaluate("() => window.client.send('charge', 42)")
+    assert result == {"charged": 42}
+    assert len(runs) == 1
+    assert hub_server.hub.stats.sends_deduplicated >= 1
+
+
+class FixedHintHub(Hub):
+    hint_ms = int(15 * T * 1000)
+
+    def restart_reason(self) -> str:
+        return json.dumps({"retry_after_ms": self.hint_ms, "message": "server restarting"})
+
+
+async def test_s09_restart_hint(page: Page, start_hub: StartHub) -> None:
+    first = await start_hub(FixedHintHub(**hub_options()))
+    client = await started(page, first.url, "t", backoffBase=T / 50, backoffCap=T / 50)
+    await first.stop()
+    await start_hub(Hub(**hub_options(port=first.port)))
+
+    async def back() -> bool:
+        return (await client.metrics())["totalReconnects"] == 1
+
+    await until(back, what="reconnected")
+    states = (await client.rec())["states"]
+    times = {to: at for _, to, at in states}
+    assert times["connected"] - times["reconnecting"] >= FixedHintHub.hint_ms / 1000 - T / 10
+    assert (await client.metrics())["failedReconnects"] == 0
+
+
+async def test_s10_circuit_breaker(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
+    client = await started(
+        page, via(proxy), "t", maxAttempts=3, circuitCooldown=10 * T, stableAfter=T
+    )
+
+    async def stable() -> bool:
+        return (await client.metrics())["reconnectAttempts"] == 0
+
+    await until(stable, what="stable")
+    proxy.refuse()
+    proxy.cut()
+    await until(lambda: _is(client, "failed"), what="circuit open")
+    m = await client.metrics()
+    assert m["isCircuitOpen"] and m["circuitBreakerTrips"] == 1 and m["failedReconnects"] == 3
+    opened = time.monotonic()
+
+    async def probed() -> bool:
+        return (await client.metrics())["circuitBreakerTrips"] == 2
+
+    await until(probed, what="half-open probe")
+    assert time.monotonic() - opened >= 10 * T - T / 10
+    proxy.heal()
+    await page.evaluate("() => window.client.reconnect()")
+    await until(lambda: _is(client, "connected"), timeout=5 * T, what="manual reconnect")
+
+
+async def test_s11_auth_no_loop(page: Page) -> None:
+    attempts: list[float] = []
+
+    async def refuse(ws: WebSocket) -> None:
+        attempts.append(time.monotonic())
+        await ws.accept()
+        await ws.close(code=1008, reason="invalid token")
+
+    app = Starlette(routes=[WebSocketRoute("/ws", refuse)])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, what="server up")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    client = BrowserClient(page)
+    await client.start(f"ws://127.0.0.1:{port}/ws", **{**SCALED, "circuitCooldown": 1000 * T})
+    await until(lambda: _is(client, "failed"), what="failed")
+    await asyncio.sleep(10 * T)
+    assert len(attempts) == 1
+    assert "1008" in (await client.metrics())["lastError"]
+    server.should_exit = True
+    await task
+
+
+async def test_s12_nack_and_connection_survives(page: Page, hub_server: HubServer) -> None:
+    client = await started(page, hub_server.url, "t")
+    code = await page.evaluate(
+        "() => window.client.send('nobody.listens', {}).then(() => 'ok', (e) => e.code)"
+    )
+    assert code == "no_handler"
+    await hub_server.hub.publish("t", "still here")
+    await until(lambda: _count(client, "t", 1), what="delivery after nack")
+
+
+async def _is(client: BrowserClient, state: str) -> bool:
+    return await client.state() == state
+
+
+async def _count(client: BrowserClient, topic: str, n: int) -> bool:
+    return len(await client.offsets(topic)) >= n

@@ -12,18 +12,30 @@ app, and adds two things the hub needs:
   shared between connections.
 * a graceful ``shutdown`` that closes with 1012 and the hub's randomised
   ``retry_after_ms`` hint, so a restarting fleet's clients come back spread out.
+
+:func:`bind_hub` makes a subclass that also serves the hub's own WebSocket path
+*directly*: the handshake is accepted in the protocol, frames go straight to
+``hub.receive`` and the close to ``hub.detach``. No ASGI task, coroutine chain,
+receive queue or Starlette ``WebSocket`` per connection: that is what keeps an
+idle connection's memory under the plain ``websockets`` server's. Every other
+path (and every other app) still goes through ASGI as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 from websockets.http11 import Request
 
 from ..errors import CloseCode
+from .links import RawTransportLink
+
+if TYPE_CHECKING:
+    from .hub import Hub
 
 RAW_LINK_EXTENSION = "tether.raw"
 
@@ -88,3 +100,84 @@ class TetherWSProtocol(WebSocketsSansIOProtocol):
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self.transport.close()
+
+
+class HubWSProtocol(TetherWSProtocol):
+    """Serves ``tether_path`` for ``tether_hub`` without ASGI (see the module docstring)."""
+
+    tether_hub: Hub
+    tether_path: str
+    hub_link: RawTransportLink | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        if event.path.partition("?")[0] != self.tether_path:
+            super().handle_connect(event)
+            return
+        hub = self.tether_hub
+        self.request = event
+        self.response = self.conn.accept(event)
+        self.handshake_initiated = True
+        self.handshake_complete = True
+        self.conn.send_response(self.response)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        if self.response.status_code != 101:
+            self.close_sent = True
+            self.transport.close()
+            return
+        raw = self.tether_link = RawLink(self)
+        raw.shutdown_reason = hub.restart_reason
+        self.hub_link = RawTransportLink(
+            raw,
+            session=hub.new_session(),
+            limit=hub.config.max_send_buffer_bytes,
+            on_overflow=hub.overflow,
+        )
+        hub.attach(self.hub_link)
+
+    def handle_text(self, event: Frame) -> None:
+        if self.hub_link is None:
+            super().handle_text(event)
+            return
+        self.curr_msg_data_type = "text"
+        self.frames = [bytes(event.data)]
+        if event.fin:
+            self._to_hub()
+
+    def handle_bytes(self, event: Frame) -> None:
+        if self.hub_link is None:
+            super().handle_bytes(event)
+            return
+        self.curr_msg_data_type = "bytes"
+        self.frames = [bytes(event.data)]
+        if event.fin:
+            self._to_hub()
+
+    def handle_cont(self, event: Frame) -> None:
+        if self.hub_link is None:
+            super().handle_cont(event)
+            return
+        self.frames.append(bytes(event.data))
+        if event.fin:
+            self._to_hub()
+
+    def _to_hub(self) -> None:
+        assert self.hub_link is not None
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return
+        if self.curr_msg_data_type == "text":
+            self.tether_hub.receive(self.hub_link, data)
+        else:
+            self.tether_hub.receive(self.hub_link, None, binary=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.hub_link is not None:
+            self.tether_hub.detach(self.hub_link)
+            self.hub_link.closed = True
+        super().connection_lost(exc)
+
+
+def bind_hub(hub: Hub, path: str) -> type[HubWSProtocol]:
+    """A protocol class for uvicorn that serves ``path`` for ``hub`` directly."""
+    return type("BoundHubWSProtocol", (HubWSProtocol,), {"tether_hub": hub, "tether_path": path})

@@ -257,7 +257,10 @@ class Hub:
             )
 
     def detach(self, link: Link) -> None:
-        """Forget ``link``: its subscriptions and queued (not yet started) client messages."""
+        """Forget ``link``: its subscriptions and queued (not yet started) client messages.
+
+        Idempotent: called when the hub closes a link and again when its transport ends.
+        """
         state = self._links.pop(link, None)
         if state is not None:
             self.stats.disconnections += 1
@@ -297,13 +300,12 @@ class Hub:
             return
         self.stats.slow_consumers += 1
         logger.warning("slow consumer %s cut off (4008)", link.session.id)
-        for topic in list(link.session.topics):
-            self._unsubscribe(link, topic)
         link.close(
             CloseCode.SLOW_CONSUMER,
             "slow consumer: send buffer exceeded",
             abort_after=self.config.heartbeat_timeout / 4,
         )
+        self.detach(link)  # idempotent: the transport's own close will call it again
 
     # --- client -> hub messages ---------------------------------------------------------
 
@@ -408,6 +410,7 @@ class Hub:
                     self.stats.heartbeat_timeouts += 1
                     logger.info("heartbeat timeout: closing %s", link.session.id)
                     link.close(CloseCode.INTERNAL_ERROR, "heartbeat timeout", abort_after=1.0)
+                    self.detach(link)
 
     def restart_reason(self) -> str:
         """A 1012 close reason with a randomised retry hint, spreading the fleet's return."""

@@ -15,19 +15,27 @@ from typing import Any
 
 import uvicorn
 
-from .fastws import TetherWSProtocol
+from .fastws import TetherWSProtocol, bind_hub
 from .hub import Hub
 
 logger = logging.getLogger("tether.hub")
 
 
-def server_config(hub: Hub, *, app: Any = None, log_level: str = "warning") -> uvicorn.Config:
+def server_config(
+    hub: Hub, *, app: Any = None, ws_path: str | None = None, log_level: str = "warning"
+) -> uvicorn.Config:
+    """uvicorn settings for ``hub``; ``ws_path`` is served without ASGI (default ``/ws``
+    when serving the hub alone; pass e.g. ``"/rt/ws"`` for an app that mounts it there).
+    """
     c = hub.config
+    if app is None and ws_path is None:
+        ws_path = "/ws"
+    protocol = TetherWSProtocol if ws_path is None else bind_hub(hub, ws_path)
     return uvicorn.Config(
         app if app is not None else hub.asgi(),
         host=c.host,
         port=c.port,
-        ws=TetherWSProtocol,
+        ws=protocol,
         # Compression would force a per-connection frame: it defeats encode-once fan-out.
         ws_per_message_deflate=False,
         # Liveness is the application heartbeat, which browsers can take part in.
@@ -52,9 +60,17 @@ class _EmbeddedServer(uvicorn.Server):
 class HubServer:
     """A hub served over HTTP/WebSocket in this event loop; ``port=0`` picks a free port."""
 
-    def __init__(self, hub: Hub, *, app: Any = None, log_level: str = "warning") -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        app: Any = None,
+        ws_path: str | None = None,
+        log_level: str = "warning",
+    ) -> None:
         self.hub = hub
-        self._server = _EmbeddedServer(server_config(hub, app=app, log_level=log_level))
+        config = server_config(hub, app=app, ws_path=ws_path, log_level=log_level)
+        self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
         self._port = hub.config.port
 
@@ -95,7 +111,9 @@ class HubServer:
         self._task = None
 
 
-async def serve(hub: Hub, *, app: Any = None, log_level: str = "warning") -> None:
+async def serve(
+    hub: Hub, *, app: Any = None, ws_path: str | None = None, log_level: str = "warning"
+) -> None:
     """Serve ``hub`` (or ``app`` that mounts it) until SIGTERM/SIGINT."""
-    server = uvicorn.Server(server_config(hub, app=app, log_level=log_level))
+    server = uvicorn.Server(server_config(hub, app=app, ws_path=ws_path, log_level=log_level))
     await server.serve()

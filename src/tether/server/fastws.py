@@ -102,6 +102,27 @@ class TetherWSProtocol(WebSocketsSansIOProtocol):
         self.transport.close()
 
 
+class _Inert:
+    """Stands in for the ASGI receive queue and write event of a hub-served connection.
+
+    uvicorn's protocol creates them per connection and still pokes them on close; the
+    hub never reads them, so one shared inert object frees their memory for every
+    connection (an idle connection's footprint is what lets one node hold many).
+    """
+
+    def put_nowait(self, item: object) -> None:
+        pass
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+_INERT: Any = _Inert()
+
+
 class HubWSProtocol(TetherWSProtocol):
     """Serves ``tether_path`` for ``tether_hub`` without ASGI (see the module docstring)."""
 
@@ -124,6 +145,10 @@ class HubWSProtocol(TetherWSProtocol):
             self.close_sent = True
             self.transport.close()
             return
+        # The handshake is done: its request/response and the ASGI plumbing are dead weight.
+        del self.request, self.response
+        self.queue = _INERT
+        self.writable = _INERT
         raw = self.tether_link = RawLink(self)
         raw.shutdown_reason = hub.restart_reason
         self.hub_link = RawTransportLink(

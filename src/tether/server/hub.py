@@ -103,7 +103,9 @@ class _LinkState:
     __slots__ = ("sends", "worker")
 
     def __init__(self) -> None:
-        self.sends: deque[Send | Publish] = deque()
+        # Created on first use: most connections never send, and an idle connection's
+        # footprint is what lets one node hold many.
+        self.sends: deque[Send | Publish] | None = None
         self.worker: asyncio.Task[None] | None = None
 
 
@@ -267,7 +269,7 @@ class Hub:
         for topic in link.session.topics:
             self._unsubscribe(link, topic)
         link.session.topics.clear()
-        if state is not None:
+        if state is not None and state.sends is not None:
             # A handler already running finishes (its dedup entry must resolve for retries);
             # queued ones never started, so a retry on the next connection will run them.
             state.sends.clear()
@@ -313,6 +315,8 @@ class Hub:
         state = self._links.get(link)
         if state is None:
             return
+        if state.sends is None:
+            state.sends = deque()
         if len(state.sends) >= self.config.max_pending_sends:
             link.send_frames(
                 [
@@ -331,6 +335,7 @@ class Hub:
             state.worker = asyncio.get_running_loop().create_task(self._send_worker(link, state))
 
     async def _send_worker(self, link: Link, state: _LinkState) -> None:
+        assert state.sends is not None
         try:
             while state.sends:
                 frame = state.sends.popleft()

@@ -97,7 +97,7 @@ class _Backlog:
 class RawTransportLink(_Backlog):
     """Writes pre-framed bytes directly to the connection's asyncio transport."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_raw", "_transport")
 
     def __init__(
         self,
@@ -110,6 +110,7 @@ class RawTransportLink(_Backlog):
     ) -> None:
         super().__init__(session=session, limit=limit, on_overflow=on_overflow, identity=identity)
         self._raw = raw
+        self._transport = raw.transport  # held directly: this is the per-delivery path
 
     def __repr__(self) -> str:
         return f"<RawTransportLink {self.session.id} closed={self.closed}>"
@@ -117,12 +118,14 @@ class RawTransportLink(_Backlog):
     def _write(self, data: bytes) -> None:
         if self.closed:
             return
-        transport = self._raw.transport
+        transport = self._transport
         if transport.is_closing():
             self.closed = True
             return
         transport.write(data)
-        self._check_backlog(transport.get_write_buffer_size())
+        pending = transport.get_write_buffer_size()
+        if pending > self.limit or self.grace:  # the common case skips the method call
+            self._check_backlog(pending)
 
     def deliver(self, batch: Batch) -> None:
         self._write(batch.wire())

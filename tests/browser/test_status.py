@@ -1,0 +1,134 @@
+"""<tether-status>, <tether-banner> and stale marking, in Chromium against a real hub."""
+
+from __future__ import annotations
+
+import time
+
+from playwright.async_api import Page
+
+from tether.chaos import ChaosProxy
+from tether.server.serve import HubServer
+
+from ..support import T
+from .test_conformance import SCALED, proxy, until  # noqa: F401 (fixture)
+
+PAGE = """
+<tether-status label></tether-status>
+<tether-banner debounce="{debounce}"></tether-banner>
+<div id="card" data-tether-topic="odds">odds</div>
+"""
+
+
+async def mount(page: Page, url: str, *, debounce: float, **options: object) -> None:
+    # Not page.set_content: it rewrites the document with document.write, after which
+    # Chromium does not upgrade the custom elements.
+    await page.evaluate(
+        "(html) => { document.body.innerHTML = html; }", PAGE.format(debounce=debounce)
+    )
+    await page.evaluate(
+        """async ([url, options]) => {
+            const t = await import('/tether.js');
+            const ui = await import('/tether-status.js');
+            const client = t.connect(url, options);
+            window.client = client;
+            client.subscribe('odds', () => {});
+            document.querySelector('tether-status').client = client;
+            document.querySelector('tether-banner').client = client;
+            ui.bindStale(client);
+        }""",
+        [url, {**SCALED, **options}],
+    )
+
+
+async def attr(page: Page, selector: str, name: str) -> str | None:
+    value: str | None = await page.get_attribute(selector, name)
+    return value
+
+
+async def test_indicator_banner_and_stale_follow_the_connection(
+    page: Page,
+    hub_server: HubServer,
+    proxy: ChaosProxy,  # noqa: F811
+) -> None:
+    await page.goto(hub_server.http_url + "/healthz")
+    debounce = 15 * T
+    await mount(
+        page,
+        f"ws://127.0.0.1:{proxy.port}/ws",
+        debounce=debounce,
+        maxAttempts=4,
+        backoffBase=4 * T,
+        backoffCap=4 * T,
+        circuitCooldown=1000 * T,
+    )
+
+    async def state_is(value: str) -> bool:
+        return await attr(page, "tether-status", "state") == value
+
+    await until(lambda: state_is("connected"), what="green")
+    await until(lambda: _not_stale(page), what="card live")
+    assert "Live" in await page.evaluate(
+        "() => document.querySelector('tether-status').shadowRoot.textContent"
+    )
+    assert not await page.evaluate(
+        "() => document.querySelector('tether-banner').hasAttribute('visible')"
+    )
+
+    proxy.refuse()
+    proxy.cut()
+    down_at = time.monotonic()
+    await until(lambda: state_is("reconnecting"), what="yellow")
+    assert await attr(page, "#card", "data-stale") is not None
+    assert "next attempt in" in (await attr(page, "tether-status", "title") or "")
+    # The banner waits out its debounce before appearing...
+    assert not await page.evaluate(
+        "() => document.querySelector('tether-banner').hasAttribute('visible')"
+    )
+    await page.wait_for_selector("tether-banner[visible]", timeout=100 * T * 1000)
+    assert time.monotonic() - down_at >= debounce - T
+    text = await page.evaluate(
+        "() => document.querySelector('tether-banner').shadowRoot.textContent"
+    )
+    assert "Live updates paused" in text
+
+    # ...and after max attempts the indicator is red with a keyboard-focusable Retry.
+    await until(lambda: state_is("failed"), what="red")
+    retry = page.locator("tether-status").get_by_role("button", name="Retry")
+    await retry.focus()
+    proxy.heal()
+    await page.keyboard.press("Enter")
+    await until(lambda: state_is("connected"), what="green again")
+    await until(lambda: _not_stale(page), what="card live again")
+    await page.wait_for_selector("tether-banner:not([visible])", state="attached")
+
+
+async def test_blip_shorter_than_debounce_shows_no_banner(
+    page: Page,
+    hub_server: HubServer,
+    proxy: ChaosProxy,  # noqa: F811
+) -> None:
+    await page.goto(hub_server.http_url + "/healthz")
+    await mount(page, f"ws://127.0.0.1:{proxy.port}/ws", debounce=30 * T)
+    await page.wait_for_selector("tether-status[state=connected]")
+    await page.evaluate(
+        """() => { window.bannerSeen = false; window.seen = [];
+            const banner = document.querySelector('tether-banner');
+            const status = document.querySelector('tether-status');
+            new MutationObserver(() => {
+                if (banner.hasAttribute('visible')) window.bannerSeen = true;
+            }).observe(banner, { attributes: true });
+            new MutationObserver(() => window.seen.push(status.getAttribute('state')))
+                .observe(status, { attributes: true, attributeFilter: ['state'] }); }"""
+    )
+    proxy.cut()
+
+    async def back() -> bool:
+        seen: list[str] = await page.evaluate("() => window.seen")
+        return "reconnecting" in seen and seen[-1] == "connected"
+
+    await until(back, what="reconnecting, then connected again")
+    assert await page.evaluate("() => window.bannerSeen") is False
+
+
+async def _not_stale(page: Page) -> bool:
+    return await attr(page, "#card", "data-stale") is None

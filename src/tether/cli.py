@@ -211,7 +211,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     _log_setup(args)
-    return asyncio.run(run_demo(port=args.port, duration=args.duration))
+    return asyncio.run(
+        run_demo(
+            port=args.port, duration=args.duration, terminal=args.terminal, volatile=args.volatile
+        )
+    )
 
 
 def cmd_config_doc(args: argparse.Namespace) -> int:
@@ -294,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a live feed that survives cuts, stalls and restarts")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
+    p.add_argument("--terminal", action="store_true", help="a terminal client instead of the page")
+    p.add_argument(
+        "--volatile",
+        action="store_true",
+        help="history dies with the hub: a restart is reported as a gap",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("config-doc", help="print docs/configuration.md")

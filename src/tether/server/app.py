@@ -34,6 +34,21 @@ if TYPE_CHECKING:
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
+def script_route() -> Route:
+    """``GET /<name>.js`` for the browser modules in :data:`STATIC`."""
+    scripts = {path.stem: path for path in STATIC.glob("*.js")}
+
+    async def script(request: Request) -> Response:
+        path = scripts.get(request.path_params["name"])
+        if path is None:
+            return _error(404, "not_found", "no such script")
+        return FileResponse(
+            path, media_type="text/javascript", headers={"Cache-Control": "no-cache"}
+        )
+
+    return Route("/{name}.js", script, methods=["GET"])
+
+
 class PublishRequest(msgspec.Struct, forbid_unknown_fields=True):
     topic: Topic
     data: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
@@ -112,16 +127,6 @@ def create_app(hub: Hub) -> Starlette:
             status_code=503 if hub.closing else 200,
         )
 
-    scripts = {path.stem: path for path in STATIC.glob("*.js")}
-
-    async def script(request: Request) -> Response:
-        path = scripts.get(request.path_params["name"])
-        if path is None:
-            return _error(404, "not_found", "no such script")
-        return FileResponse(
-            path, media_type="text/javascript", headers={"Cache-Control": "no-cache"}
-        )
-
     async def metrics(request: Request) -> Response:
         return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -137,7 +142,7 @@ def create_app(hub: Hub) -> Starlette:
             Route("/publish", publish, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            Route("/{name}.js", script, methods=["GET"]),
+            script_route(),
         ],
         lifespan=lifespan,
     )

@@ -24,7 +24,7 @@ def new_epoch() -> str:
 
 
 class MemoryBroker:
-    __slots__ = ("_is_busy", "_topics", "history_size", "history_ttl", "max_topics")
+    __slots__ = ("_topics", "history_size", "history_ttl", "is_busy", "max_topics")
 
     def __init__(
         self,
@@ -37,7 +37,8 @@ class MemoryBroker:
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.max_topics = max_topics
-        self._is_busy = is_busy
+        #: Whether a topic has local subscribers (never evicted); set by the hub using it.
+        self.is_busy = is_busy
         self._topics: OrderedDict[str, TopicLog] = OrderedDict()
 
     def __len__(self) -> int:
@@ -65,7 +66,7 @@ class MemoryBroker:
         for name in list(self._topics):
             if excess <= 0:
                 break
-            if not self._is_busy(name):
+            if not self.is_busy(name):
                 del self._topics[name]
                 excess -= 1
 

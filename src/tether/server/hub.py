@@ -116,16 +116,24 @@ class Hub:
     ``TETHER_*`` environment variables.
     """
 
-    def __init__(self, *, config: HubConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        config: HubConfig | None = None,
+        broker: MemoryBroker | None = None,
+        **options: Any,
+    ) -> None:
+        """``broker`` holds topics and history; pass one that outlives this hub to keep
+        history across a hub restart (the role shared storage plays in production)."""
         self.config = config if config is not None else from_env(HubConfig, **options)
         c = self.config
         self._subscribers: dict[str, set[Link]] = {}
-        self.broker = MemoryBroker(
-            history_size=c.history_size,
-            history_ttl=c.history_ttl,
-            max_topics=c.max_topics,
-            is_busy=self._subscribers.__contains__,
-        )
+        if broker is None:
+            broker = MemoryBroker(
+                history_size=c.history_size, history_ttl=c.history_ttl, max_topics=c.max_topics
+            )
+        broker.is_busy = self._subscribers.__contains__
+        self.broker = broker
         self._links: dict[Link, _LinkState] = {}
         self._handlers: dict[str, Handler] = {}
         self._dedup: DedupWindow[tuple[str, str], asyncio.Future[bytes]] = DedupWindow(

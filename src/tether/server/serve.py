@@ -49,7 +49,7 @@ def server_config(
     )
 
 
-class _EmbeddedServer(uvicorn.Server):
+class EmbeddedServer(uvicorn.Server):
     """uvicorn without signal capture: signals belong to whoever runs the loop."""
 
     @contextlib.contextmanager
@@ -70,7 +70,7 @@ class HubServer:
     ) -> None:
         self.hub = hub
         config = server_config(hub, app=app, ws_path=ws_path, log_level=log_level)
-        self._server = _EmbeddedServer(config)
+        self._server = EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
         self._port = hub.config.port
 

@@ -1,0 +1,122 @@
+"""The main job: the demo dashboard, driven by its own chaos controls in Chromium.
+
+Every control must end in recovery with zero gaps on the counters. Screenshots of
+each state are kept in test-artifacts/ (one is in the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from playwright.async_api import Browser, Page
+
+from tether.demo import DemoBackend, create_demo_app
+from tether.server.serve import EmbeddedServer
+
+from ..support import T, eventually
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[tuple[DemoBackend, str]]:
+    backend = DemoBackend(
+        hub_options={
+            "heartbeat_interval": 5 * T,
+            "heartbeat_timeout": 5 * T,
+            "restart_spread": 5 * T,
+        },
+        client_options={"backoffBase": 2 * T, "backoffCap": 5 * T},
+        down_for=5 * T,
+    )
+    await backend.start()
+    config = uvicorn.Config(
+        create_demo_app(backend), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+    )
+    web = EmbeddedServer(config)
+
+    task = asyncio.create_task(web.serve())
+    await eventually(lambda: web.started, what="demo web server")
+    port = web.servers[0].sockets[0].getsockname()[1]
+    yield backend, f"http://127.0.0.1:{port}/"
+    web.should_exit = True
+    await task
+    await backend.stop()
+
+
+async def counters(page: Page) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = await page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('#counters tbody tr')].map(
+            (tr) => [tr.dataset.topic, {
+                published: tr.querySelector('.published').textContent,
+                delivered: tr.querySelector('.delivered').textContent,
+                gaps: tr.querySelector('.gaps').textContent }]))"""
+    )
+    return rows
+
+
+async def caught_up(page: Page) -> bool:
+    rows = await counters(page)
+    return bool(rows) and all(
+        r["gaps"] == "0" and r["published"] == r["delivered"] and r["delivered"] != "0"
+        for r in rows.values()
+    )
+
+
+async def wait_caught_up(page: Page, what: str) -> None:
+
+    deadline = time.monotonic() + 150 * T
+    while not await caught_up(page):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: counters never caught up: {await counters(page)}")
+        await page.wait_for_timeout(100)
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
+
+
+async def test_every_chaos_control_ends_with_zero_gaps(
+    browser: Browser, demo: tuple[DemoBackend, str]
+) -> None:
+    _backend, url = demo
+    page = await browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(url)
+    await page.wait_for_selector("tether-status[state=connected]")
+    await wait_caught_up(page, "first load")
+    await shot(page, "connected")
+
+    await page.get_by_role("button", name="Cut the connection").click()
+    await page.wait_for_selector("tether-status[state=reconnecting]", state="attached")
+    await shot(page, "reconnecting")
+    await page.wait_for_selector("tether-status[state=connected]")
+    await wait_caught_up(page, "after cut")
+
+    await page.get_by_role("button", name="Stall it", exact=False).click()
+    await page.wait_for_selector(
+        "tether-status[state=reconnecting]", state="attached", timeout=100 * T * 1000
+    )
+    await shot(page, "stalled")
+    await page.wait_for_selector("tether-status[state=connected]", timeout=100 * T * 1000)
+    await wait_caught_up(page, "after stall")
+
+    await page.get_by_role("button", name="Restart the server").click()
+    await page.wait_for_selector("tether-status[state=reconnecting]", state="attached")
+    await page.wait_for_selector("tether-status[state=connected]", timeout=100 * T * 1000)
+    await wait_caught_up(page, "after restart")
+    await shot(page, "recovered")
+
+    metrics = await page.evaluate("() => window.tether.getMetrics()")  # the debug helpers
+    assert metrics["totalReconnects"] >= 3 and metrics["resyncs"] == 0
+    assert metrics["messagesRecovered"] > 0
+    assert errors == []
+    await page.close()

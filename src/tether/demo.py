@@ -43,7 +43,12 @@ DEMO_HUB: dict[str, Any] = {
     "restart_spread": 2.0,
 }
 #: Snappy retries for a demo; the production defaults are in docs/configuration.md.
-DEMO_CLIENT: dict[str, Any] = {"backoffBase": 0.5, "backoffCap": 4.0, "maxAttempts": 20}
+DEMO_CLIENT: dict[str, Any] = {
+    "backoffBase": 0.5,
+    "backoffCap": 4.0,
+    "maxAttempts": 20,
+    "connectTimeout": 3.0,  # an attempt made during a stall hangs; give up on it quickly
+}
 
 
 class DemoBackend:

@@ -32,7 +32,7 @@ async def demo() -> AsyncIterator[tuple[DemoBackend, str]]:
             "heartbeat_timeout": 5 * T,
             "restart_spread": 5 * T,
         },
-        client_options={"backoffBase": 2 * T, "backoffCap": 5 * T},
+        client_options={"backoffBase": 2 * T, "backoffCap": 5 * T, "connectTimeout": 10 * T},
         down_for=5 * T,
     )
     await backend.start()

@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck sysdeps bench clean
+JSDEPS := tests/browser/js/node_modules/.installed-stamp
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +19,13 @@ sysdeps:
 		echo "installing chromium (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# Real react, react-dom and @tanstack/query-core for the browser bridge tests (lockfile-pinned).
+$(JSDEPS): tests/browser/js/package.json tests/browser/js/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	npm ci --no-audit --no-fund --prefix tests/browser/js
+	touch $(JSDEPS)
+
 demo: $(STAMP)
 	$(VENV)/bin/tether demo
 
@@ -28,11 +36,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict src
 
-test: lint typecheck sysdeps
+test: lint typecheck sysdeps $(JSDEPS)
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/fanout.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tests/browser/js/node_modules build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from playwright.async_api import Page
@@ -90,6 +91,8 @@ async def test_indicator_banner_and_stale_follow_the_connection(
         "() => document.querySelector('tether-banner').shadowRoot.textContent"
     )
     assert "Live updates paused" in text
+    # The banner counts down to the next attempt.
+    assert re.search(r"reconnecting in \d+ s…|trying again in \d+ s", text), text
 
     # ...and after max attempts the indicator is red with a keyboard-focusable Retry.
     await until(lambda: state_is("failed"), what="red")

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
 
 from tether import Hub
 from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
-from .support import hub_options
+from .support import eventually, hub_options
 
 _skipped: list[str] = []
 
@@ -60,3 +66,30 @@ async def chaos(hub_server: HubServer) -> AsyncIterator[ChaosProxy]:
     await proxy.start()
     yield proxy
     await proxy.stop()
+
+
+class RefusingServer:
+    """A real server whose WebSocket endpoint closes every session with 1008 (bad credentials)."""
+
+    def __init__(self) -> None:
+        self.attempts: list[float] = []
+        self.url = ""
+
+
+@pytest.fixture
+async def refusing_server() -> AsyncIterator[RefusingServer]:
+    refusing = RefusingServer()
+
+    async def refuse(ws: WebSocket) -> None:
+        refusing.attempts.append(time.monotonic())
+        await ws.accept()
+        await ws.close(code=1008, reason="invalid token")
+
+    app = Starlette(routes=[WebSocketRoute("/ws", refuse)])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: server.started, what="server up")
+    refusing.url = f"ws://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/ws"
+    yield refusing
+    server.should_exit = True
+    await task

@@ -12,18 +12,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 from playwright.async_api import Page
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket
 
 from tether import Hub, Incoming
 from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
-from ..conftest import StartHub
-from ..support import T, eventually, hub_options
+from ..conftest import RefusingServer, StartHub
+from ..support import T, hub_options
 from .conftest import BrowserClient
 
 SCALED = {
@@ -271,27 +267,13 @@ async def test_s10_circuit_breaker(page: Page, hub_server: HubServer, proxy: Cha
     await until(lambda: _is(client, "connected"), timeout=5 * T, what="manual reconnect")
 
 
-async def test_s11_auth_no_loop(page: Page) -> None:
-    attempts: list[float] = []
-
-    async def refuse(ws: WebSocket) -> None:
-        attempts.append(time.monotonic())
-        await ws.accept()
-        await ws.close(code=1008, reason="invalid token")
-
-    app = Starlette(routes=[WebSocketRoute("/ws", refuse)])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, what="server up")
-    port = server.servers[0].sockets[0].getsockname()[1]
+async def test_s11_auth_no_loop(page: Page, refusing_server: RefusingServer) -> None:
     client = BrowserClient(page)
-    await client.start(f"ws://127.0.0.1:{port}/ws", **{**SCALED, "circuitCooldown": 1000 * T})
+    await client.start(refusing_server.url, **{**SCALED, "circuitCooldown": 1000 * T})
     await until(lambda: _is(client, "failed"), what="failed")
     await asyncio.sleep(10 * T)
-    assert len(attempts) == 1
+    assert len(refusing_server.attempts) == 1
     assert "1008" in (await client.metrics())["lastError"]
-    server.should_exit = True
-    await task
 
 
 async def test_s12_nack_and_connection_survives(page: Page, hub_server: HubServer) -> None:

@@ -13,17 +13,13 @@ import time
 from typing import Any
 
 import pytest
-import uvicorn
 import websockets
-from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket
 
 from tether import Gap, Hub, Incoming, NackError, State
 from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
-from ..conftest import StartHub
+from ..conftest import RefusingServer, StartHub
 from ..support import Recorder, T, eventually, hub_options
 
 
@@ -261,29 +257,15 @@ async def test_s10_circuit_breaker_probe_and_manual_reconnect(
     await rec.close()
 
 
-async def test_s11_auth_failure_does_not_loop() -> None:
-    attempts: list[float] = []
-
-    async def refuse(ws: WebSocket) -> None:
-        attempts.append(time.monotonic())
-        await ws.accept()
-        await ws.close(code=1008, reason="invalid token")
-
-    app = Starlette(routes=[WebSocketRoute("/ws", refuse)])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
-    task = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, what="server up")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    rec = Recorder(f"ws://127.0.0.1:{port}/ws", circuit_cooldown=1000 * T)
+async def test_s11_auth_failure_does_not_loop(refusing_server: RefusingServer) -> None:
+    rec = Recorder(refusing_server.url, circuit_cooldown=1000 * T)
     await rec.client.start()
     await rec.client.wait_for(State.FAILED, timeout=50 * T)
     await asyncio.sleep(10 * T)
-    assert len(attempts) == 1
+    assert len(refusing_server.attempts) == 1
     assert rec.client.state is State.FAILED
     assert "1008" in (rec.client.metrics.last_error or "")
     await rec.close()
-    server.should_exit = True
-    await task
 
 
 @pytest.mark.parametrize(

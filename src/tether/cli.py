@@ -243,6 +243,10 @@ def config_doc() -> str:
             "",
             "## Client (`Client`, `tether listen`, the browser client)",
             "",
+            "The browser client (`/tether.js`) takes the same options in camelCase",
+            "(`backoffBase`, `maxAttempts`, …), in the same units (seconds); a test",
+            "checks its defaults equal these.",
+            "",
             markdown_table(ClientConfig),
             "",
         ]

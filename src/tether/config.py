@@ -114,6 +114,52 @@ class HubConfig:
         "Graceful shutdown waits this long for close handshakes and handlers before exiting.",
         unit="s",
     )
+    # --- security (docs/security.md) ---
+    jwt_secret: str = _field(
+        "",
+        "HS256 shared secret; setting it (or a key below) makes every connection need a token. "
+        "Prefer the environment variable: a CLI flag shows up in `ps`.",
+    )
+    jwt_public_key: str = _field("", "Path to a PEM public key, for RS256/ES256 tokens.")
+    jwt_jwks: str = _field("", "Path to a JWKS file (keys chosen by the token's `kid`).")
+    jwt_audience: str = _field("", "Required `aud` claim, if set.")
+    jwt_issuer: str = _field("", "Required `iss` claim, if set.")
+    jwt_leeway: float = _field(
+        30.0, "Clock skew tolerated on exp/nbf/iat: enough for NTP-synced hosts.", unit="s"
+    )
+    allow_query_token: bool = _field(
+        False, "Accept ?token=: off because URLs land in access logs and browser history."
+    )
+    api_keys: str = _field(
+        "", "Comma-separated keys accepted by POST /publish (X-API-Key or Bearer)."
+    )
+    insecure_dev: bool = _field(
+        False,
+        "Development only: POST /publish without credentials. Off so that an exposed hub "
+        "never accepts anonymous publishes by accident.",
+    )
+    allowed_origins: str = _field(
+        "",
+        "Origins allowed to open WebSockets (comma-separated, or *). Empty: same origin "
+        "only, which stops cross-site WebSocket hijacking; non-browser clients send none.",
+    )
+    max_connections: int = _field(
+        10_000, "Total sessions; past it, handshakes get 503 + Retry-After (load shedding)."
+    )
+    max_connections_per_address: int = _field(
+        256, "One address can't take the whole hub; 256 leaves room for an office behind NAT."
+    )
+    handshake_rate: float = _field(
+        20.0,
+        "Handshakes per second per address (token bucket): a reconnecting fleet behind "
+        "one NAT fits, a flood gets 429.",
+    )
+    handshake_burst: int = _field(40, "Bucket size for handshake_rate: a page of tabs at once.")
+    inbound_rate: float = _field(
+        50.0,
+        "Frames per second per connection: far above any UI, far below a flood.",
+    )
+    inbound_burst: int = _field(100, "Bucket size for inbound_rate: an outbox flush at reconnect.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -223,7 +269,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[HubConfig | ClientC
         help_text = (
             f"default {field.default}{' ' + unit if unit else ''}; env {env_name(field.name)}"
         )
-        if isinstance(field.default, enum.Enum):
+        if isinstance(field.default, bool):
+            group.add_argument(
+                flag_name(field.name),
+                dest=field.name,
+                action="store_true",
+                default=None,
+                help=help_text,
+            )
+        elif isinstance(field.default, enum.Enum):
             group.add_argument(
                 flag_name(field.name),
                 dest=field.name,

@@ -27,6 +27,10 @@ def hub_options(**overrides: Any) -> dict[str, Any]:
         "heartbeat_timeout": 3 * T,
         "restart_spread": 5 * T,
         "shutdown_timeout": 1.0,
+        # Most tests are not about security: the security tests set these explicitly.
+        "insecure_dev": True,
+        "allowed_origins": "*",
+        "inbound_burst": 10_000,
     }
     options.update(overrides)
     return options

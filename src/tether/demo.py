@@ -198,7 +198,13 @@ def create_demo_app(backend: DemoBackend) -> Starlette:
 async def run_demo(
     *, port: int = 8765, duration: float = 0, terminal: bool = False, volatile: bool = False
 ) -> int:
-    backend = DemoBackend(volatile=volatile)
+    # The page is served from this port and talks to the hub through the chaos proxy:
+    # allow exactly this origin. Publishing happens in-process, but the hub is marked
+    # insecure-dev all the same so `tether publish` works against it (loopback only).
+    backend = DemoBackend(
+        volatile=volatile,
+        hub_options={"allowed_origins": f"http://127.0.0.1:{port}", "insecure_dev": True},
+    )
     await backend.start()
     web: EmbeddedServer | None = None
     watcher: asyncio.Task[None] | None = None
@@ -219,6 +225,11 @@ async def run_demo(
                 return 1
             await asyncio.sleep(0.05)
         print(f"tether demo: open http://127.0.0.1:{port}/  (Ctrl-C to stop)", flush=True)
+        print(
+            "note: the demo hub runs with insecure_dev (no credentials for POST /publish) and "
+            "no JWT; see docs/security.md for a secure setup",
+            flush=True,
+        )
     else:
         watcher = asyncio.create_task(_terminal(backend))
     stop = asyncio.Event()

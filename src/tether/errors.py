@@ -19,6 +19,9 @@ class ErrorCode(enum.StrEnum):
     NO_HANDLER = "no_handler"
     HANDLER_ERROR = "handler_error"
     OVERLOADED = "overloaded"
+    FORBIDDEN = "forbidden"
+    INVALID_TOKEN = "invalid_token"
+    RATE_LIMITED = "rate_limited"
 
 
 class CloseCode(enum.IntEnum):

@@ -70,7 +70,13 @@ class Publish(_Frame, tag="publish"):
     data: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
 
 
-ClientFrame = Subscribe | Unsubscribe | Send | Publish | Ping | Pong
+class Auth(_Frame, tag="auth"):
+    """A fresh token for the live connection (see docs/protocol.md)."""
+
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=16_384)]
+
+
+ClientFrame = Subscribe | Unsubscribe | Send | Publish | Auth | Ping | Pong
 
 # --- hub -> client --------------------------------------------------------------------------
 
@@ -140,7 +146,14 @@ class Error(_Frame, tag="error"):
     ref: str | None = None
 
 
-ServerFrame = Welcome | Subscribed | Unsubscribed | Message | Ack | Nack | Error | Ping | Pong
+class Authed(_Frame, tag="authed"):
+    subject: str
+    expires_at: int | None = None
+
+
+ServerFrame = (
+    Welcome | Subscribed | Unsubscribed | Message | Ack | Nack | Error | Authed | Ping | Pong
+)
 
 # --- codec ----------------------------------------------------------------------------------
 

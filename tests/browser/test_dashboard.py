@@ -28,6 +28,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 async def demo() -> AsyncIterator[tuple[DemoBackend, str]]:
     backend = DemoBackend(
         hub_options={
+            "allowed_origins": "*",
             "heartbeat_interval": 5 * T,
             "heartbeat_timeout": 5 * T,
             "restart_spread": 5 * T,

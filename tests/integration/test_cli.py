@@ -79,6 +79,7 @@ async def spawn(*args: str) -> Proc:
 async def start_serve(port: int) -> Proc:
     server = await spawn(
         "serve",
+        "--insecure-dev",
         "--port",
         str(port),
         "--heartbeat-interval",

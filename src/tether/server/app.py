@@ -8,6 +8,7 @@ the raw fast path; under any other ASGI server, the queued fallback.
 from __future__ import annotations
 
 import contextlib
+import hmac
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ..errors import ErrorCode
+from ..auth import Action, AuthError
+from ..errors import CloseCode, ErrorCode
 from ..protocol import Topic
 from .fastws import RAW_LINK_EXTENSION, RawLink
 from .links import Link, QueuedAsgiLink, RawTransportLink
@@ -65,8 +67,50 @@ def create_app(hub: Hub) -> Starlette:
     limit = hub.config.max_frame_bytes
     registry = make_registry(hub)
 
+    api_keys = frozenset(k.strip() for k in hub.config.api_keys.split(",") if k.strip())
+
+    def publish_denial(request: Request, topic: str) -> Response | None:
+        """``None`` if the request may publish to ``topic``, else the error response."""
+        if hub.config.insecure_dev:
+            return None
+        presented = request.headers.get("x-api-key", "")
+        authorization = request.headers.get("authorization", "")
+        bearer = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+        if api_keys and any(
+            hmac.compare_digest(k, c) for k in api_keys for c in (presented, bearer) if c
+        ):
+            return None
+        if bearer and hub.authenticator is not None:
+            try:
+                identity = hub.authenticator.verify(bearer)
+            except AuthError as exc:
+                return _error(401, ErrorCode.INVALID_TOKEN, str(exc))
+            if hub.allowed(identity, Action.PUBLISH, topic):
+                return None
+            hub.stats.forbidden += 1
+            return _error(403, ErrorCode.FORBIDDEN, f"not allowed to publish to {topic!r}")
+        return _error(
+            401,
+            "unauthorized",
+            "POST /publish needs an API key (X-API-Key) or a token with publish rights "
+            "(start the hub with --insecure-dev to skip this in development)",
+        )
+
     async def websocket_endpoint(websocket: WebSocket) -> None:
-        await websocket.accept()
+        address = websocket.client.host if websocket.client else ""
+        decision = hub.handshake(
+            headers=dict(websocket.headers.items()),
+            subprotocols=list(websocket.scope.get("subprotocols", [])),
+            query=dict(websocket.query_params),
+            address=address,
+        )
+        if decision.refusal is not None:
+            await websocket.close(code=CloseCode.POLICY_VIOLATION)  # before accept: HTTP 403
+            return
+        await websocket.accept(subprotocol=decision.subprotocol)
+        if decision.auth_error is not None:
+            await websocket.close(CloseCode.POLICY_VIOLATION, decision.auth_error[:120])
+            return
         session = hub.new_session()
         raw = websocket.scope.get("extensions", {}).get(RAW_LINK_EXTENSION)
         link: Link
@@ -77,6 +121,8 @@ def create_app(hub: Hub) -> Starlette:
                 session=session,
                 limit=hub.config.max_send_buffer_bytes,
                 on_overflow=hub.overflow,
+                identity=decision.identity,
+                address=address,
             )
         else:
             link = QueuedAsgiLink(
@@ -84,6 +130,8 @@ def create_app(hub: Hub) -> Starlette:
                 session=session,
                 limit=hub.config.max_send_buffer_bytes,
                 on_overflow=hub.overflow,
+                identity=decision.identity,
+                address=address,
             )
         hub.attach(link)
         try:
@@ -116,6 +164,9 @@ def create_app(hub: Hub) -> Starlette:
             return _error(400, ErrorCode.INVALID_FRAME, str(exc))
         except msgspec.DecodeError as exc:
             return _error(400, ErrorCode.INVALID_JSON, str(exc))
+        denial = publish_denial(request, req.topic)
+        if denial is not None:
+            return denial
         entry = hub.publish_raw(req.topic, req.data)
         epoch = hub.broker.log(req.topic).epoch
         return JSONResponse({"topic": req.topic, "offset": entry.offset, "epoch": epoch})

@@ -26,10 +26,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 
 from ..errors import CloseCode
 from .links import RawTransportLink
@@ -135,15 +136,41 @@ class HubWSProtocol(TetherWSProtocol):
             super().handle_connect(event)
             return
         hub = self.tether_hub
-        self.request = event
-        self.response = self.conn.accept(event)
         self.handshake_initiated = True
         self.handshake_complete = True
+        decision = hub.handshake(
+            headers={k.lower(): v for k, v in event.headers.raw_items()},
+            subprotocols=[
+                token.strip()
+                for header in event.headers.get_all("Sec-WebSocket-Protocol")
+                for token in header.split(",")
+            ],
+            query=dict(parse_qsl(event.path.partition("?")[2])),
+            address=self.client[0] if self.client else "",
+        )
+        if decision.refusal is not None:
+            refusal = decision.refusal
+            response = self.conn.reject(refusal.status, refusal.reason + "\n")
+            if refusal.retry_after is not None:
+                response.headers["Retry-After"] = str(refusal.retry_after)
+            self._refuse(response)
+            return
+        self.request = event
+        self.response = self.conn.accept(event)
+        if self.response.status_code == 101 and decision.subprotocol is not None:
+            self.response.headers["Sec-WebSocket-Protocol"] = decision.subprotocol
         self.conn.send_response(self.response)
         self.transport.write(b"".join(self.conn.data_to_send()))
         if self.response.status_code != 101:
             self.close_sent = True
             self.transport.close()
+            return
+        if decision.auth_error is not None:
+            # Open, then close with 1008 at once: a browser cannot read an HTTP 401.
+            self.conn.send_close(CloseCode.POLICY_VIOLATION, decision.auth_error[:120])
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
             return
         # The handshake is done: its request/response and the ASGI plumbing are dead weight.
         del self.request, self.response
@@ -156,8 +183,16 @@ class HubWSProtocol(TetherWSProtocol):
             session=hub.new_session(),
             limit=hub.config.max_send_buffer_bytes,
             on_overflow=hub.overflow,
+            identity=decision.identity,
+            address=self.client[0] if self.client else "",
         )
         hub.attach(self.hub_link)
+
+    def _refuse(self, response: Response) -> None:
+        self.conn.send_response(response)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
 
     def handle_text(self, event: Frame) -> None:
         if self.hub_link is None:

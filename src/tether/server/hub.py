@@ -30,18 +30,28 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from ..auth import (
+    ANONYMOUS,
+    SUBPROTOCOL,
+    Action,
+    Authenticator,
+    AuthError,
+    Identity,
+    token_from_handshake,
+)
 from ..config import HubConfig, from_env
 from ..dedup import DedupWindow
 from ..errors import CloseCode, ErrorCode, Reject
 from ..history import Entry
 from ..protocol import (
     Ack,
+    Authed,
     Cursor,
     Nack,
     Ping,
@@ -52,9 +62,19 @@ from ..protocol import (
     encode,
     encode_data,
 )
+from .admission import Admission, Refusal
 from .broker import MemoryBroker
 from .links import Batch, Link
-from .session import Command, DoSend, DoSubscribe, DoUnsubscribe, Reply, ServerSession
+from .session import (
+    Command,
+    DoAuth,
+    DoSend,
+    DoSubscribe,
+    DoUnsubscribe,
+    Reply,
+    ServerSession,
+    error_frame,
+)
 
 logger = logging.getLogger("tether.hub")
 
@@ -77,10 +97,27 @@ class Incoming:
     data: Any
     id: str
     session: str
-    identity: str
+    identity: Identity
 
 
 Handler = Callable[[Incoming], Awaitable[Any]]
+#: ``authorize(identity, topic, action) -> bool``: the app's own permission decision.
+Authorizer = Callable[[Identity, str, Action], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """The hub's decision on a WebSocket handshake.
+
+    ``refusal`` set: answer with that HTTP status, never open. Otherwise open, offering
+    ``subprotocol``; then, if ``auth_error`` is set, close at once with 1008 and that
+    reason (browsers cannot read a handshake's status, so they must be told this way).
+    """
+
+    refusal: Refusal | None = None
+    identity: Identity = ANONYMOUS
+    auth_error: str | None = None
+    subprotocol: str | None = None
 
 
 @dataclass(slots=True)
@@ -93,6 +130,9 @@ class HubStats:
     resumes_with_loss: int = 0
     heartbeat_timeouts: int = 0
     slow_consumers: int = 0
+    handshakes_refused: int = 0
+    auth_failures: int = 0
+    forbidden: int = 0
     sends_handled: int = 0
     sends_deduplicated: int = 0
 
@@ -144,6 +184,10 @@ class Hub:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.stats = HubStats()
         self.closing = False
+        self.authenticator = Authenticator.from_config(c)
+        self.admission = Admission(c)
+        #: Optional app hook deciding permissions instead of the token's claims.
+        self.authorize: Authorizer | None = None
 
     def __repr__(self) -> str:
         return (
@@ -168,6 +212,48 @@ class Hub:
             return handler
 
         return register
+
+    def authorizer(self, fn: Authorizer) -> Authorizer:
+        """Decorator: decide subscribe/publish permissions in code (replaces the claims)."""
+        self.authorize = fn
+        return fn
+
+    def allowed(self, identity: Identity, action: Action, topic: str) -> bool:
+        if self.authorize is not None:
+            return bool(self.authorize(identity, topic, action))
+        return identity.allows(action, topic)
+
+    def handshake(
+        self,
+        *,
+        headers: Mapping[str, str],
+        subprotocols: list[str],
+        query: Mapping[str, str],
+        address: str,
+    ) -> Handshake:
+        """Admission and authentication of one WebSocket handshake (both adapters use it)."""
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
+        if not self.admission.origin_allowed(headers.get("origin"), headers.get("host")):
+            self.stats.handshakes_refused += 1
+            return Handshake(refusal=Refusal(403, "origin not allowed"))
+        refusal = self.admission.check(address, now=time.monotonic())
+        if refusal is not None:
+            self.stats.handshakes_refused += 1
+            return Handshake(refusal=refusal)
+        if self.authenticator is None:
+            return Handshake(subprotocol=subprotocol)
+        token = token_from_handshake(
+            headers, subprotocols, query, allow_query=self.config.allow_query_token
+        )
+        if token is None:
+            self.stats.auth_failures += 1
+            return Handshake(auth_error="invalid token: none presented", subprotocol=subprotocol)
+        try:
+            identity = self.authenticator.verify(token)
+        except AuthError as exc:
+            self.stats.auth_failures += 1
+            return Handshake(auth_error=str(exc), subprotocol=subprotocol)
+        return Handshake(identity=identity, subprotocol=subprotocol)
 
     async def publish(self, topic: str, data: Any) -> int:
         """Publish ``data`` (any JSON value) to ``topic``; returns its offset."""
@@ -259,6 +345,8 @@ class Hub:
     def attach(self, link: Link) -> None:
         """Start serving ``link``: sends ``welcome`` and starts the heartbeat if needed."""
         self._links[link] = _LinkState()
+        self.admission.opened(link.address)
+        link.session.can = lambda action, topic: self.allowed(link.identity, action, topic)
         self.stats.connections_total += 1
         link.send_frames([link.session.welcome(wall_ms=int(time.time() * 1000))])
         if self._heartbeat_task is None:
@@ -274,6 +362,7 @@ class Hub:
         state = self._links.pop(link, None)
         if state is not None:
             self.stats.disconnections += 1
+            self.admission.closed(link.address)
         for topic in link.session.topics:
             self._unsubscribe(link, topic)
         link.session.topics.clear()
@@ -303,6 +392,33 @@ class Hub:
                 self._unsubscribe(link, command.topic)
             elif isinstance(command, DoSend):
                 self._enqueue_send(link, command.frame)
+            elif isinstance(command, DoAuth):
+                self._reauthenticate(link, command.token)
+
+    def _reauthenticate(self, link: Link, token: str) -> None:
+        """A fresh token in a live connection: same subject, new permissions, re-checked."""
+        if self.authenticator is None:
+            link.send_frames([encode(Authed(subject=link.identity.subject))])
+            return
+        try:
+            identity = self.authenticator.verify(token)
+            if identity.subject != link.identity.subject:
+                raise AuthError("invalid token: a refresh must keep the same subject")
+        except AuthError as exc:
+            self.stats.auth_failures += 1
+            link.send_frames([error_frame(ErrorCode.INVALID_TOKEN, str(exc))])
+            return
+        link.identity = identity
+        frames = []
+        for topic in sorted(link.session.topics):
+            if not self.allowed(identity, Action.SUBSCRIBE, topic):
+                self._unsubscribe(link, topic)
+                link.session.topics.discard(topic)
+                self.stats.forbidden += 1
+                frames.append(error_frame(ErrorCode.FORBIDDEN, "no longer allowed", topic))
+        expires = None if identity.expires_at is None else int(identity.expires_at * 1000)
+        frames.append(encode(Authed(subject=identity.subject, expires_at=expires)))
+        link.send_frames(frames)
 
     def overflow(self, link: Link) -> None:
         """A subscriber's send buffer passed its limit: cut it off (it will resume)."""
@@ -353,7 +469,7 @@ class Hub:
             state.worker = None
 
     async def _handle_once(self, link: Link, frame: Send | Publish) -> bytes:
-        key = (link.identity, frame.id)
+        key = (link.identity.subject, frame.id)
         earlier = self._dedup.get(key, now=time.monotonic())
         if earlier is not None:
             self.stats.sends_deduplicated += 1
@@ -372,6 +488,11 @@ class Hub:
 
     async def _execute(self, link: Link, frame: Send | Publish) -> bytes:
         if isinstance(frame, Publish):
+            if not self.allowed(link.identity, Action.PUBLISH, frame.topic):
+                self.stats.forbidden += 1
+                return encode(
+                    Nack(id=frame.id, code=ErrorCode.FORBIDDEN, message="not allowed to publish")
+                )
             entry = self.publish_raw(frame.topic, frame.data)
             epoch = self.broker.log(frame.topic).epoch
             return encode(Ack(id=frame.id, result={"offset": entry.offset, "epoch": epoch}))
@@ -418,7 +539,13 @@ class Hub:
                 for link in links:
                     link.deliver(batch)
                 next_ping = now + c.heartbeat_interval
+            wall = time.time()
             for link in links:
+                expires = link.identity.expires_at
+                if not link.closed and expires is not None and wall > expires + c.jwt_leeway:
+                    link.close(CloseCode.POLICY_VIOLATION, "token expired")
+                    self.detach(link)
+                    continue
                 if not link.closed and link.session.is_dead(now=now):
                     self.stats.heartbeat_timeouts += 1
                     logger.info("heartbeat timeout: closing %s", link.session.id)

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.frames import Frame, Opcode
 
+from ..auth import ANONYMOUS, Identity
+
 if TYPE_CHECKING:
     from .fastws import RawLink
     from .session import ServerSession
@@ -58,7 +60,8 @@ class Batch:
 
 class Link(Protocol):
     session: ServerSession
-    identity: str
+    identity: Identity
+    address: str
     closed: bool
 
     def deliver(self, batch: Batch) -> None: ...
@@ -69,7 +72,7 @@ class Link(Protocol):
 class _Backlog:
     """What every link shares: identity, and the send-buffer limit with its replay grace."""
 
-    __slots__ = ("closed", "grace", "identity", "limit", "on_overflow", "session")
+    __slots__ = ("address", "closed", "grace", "identity", "limit", "on_overflow", "session")
 
     def __init__(
         self,
@@ -77,9 +80,11 @@ class _Backlog:
         session: ServerSession,
         limit: int,
         on_overflow: Callable[[Link], None],
-        identity: str = "anonymous",
+        identity: Identity = ANONYMOUS,
+        address: str = "",
     ) -> None:
         self.session = session
+        self.address = address
         self.limit = limit
         self.on_overflow = on_overflow
         self.identity = identity
@@ -106,9 +111,16 @@ class RawTransportLink(_Backlog):
         session: ServerSession,
         limit: int,
         on_overflow: Callable[[Link], None],
-        identity: str = "anonymous",
+        identity: Identity = ANONYMOUS,
+        address: str = "",
     ) -> None:
-        super().__init__(session=session, limit=limit, on_overflow=on_overflow, identity=identity)
+        super().__init__(
+            session=session,
+            limit=limit,
+            on_overflow=on_overflow,
+            identity=identity,
+            address=address,
+        )
         self._raw = raw
         self._transport = raw.transport  # held directly: this is the per-delivery path
 
@@ -155,9 +167,16 @@ class QueuedAsgiLink(_Backlog):
         session: ServerSession,
         limit: int,
         on_overflow: Callable[[Link], None],
-        identity: str = "anonymous",
+        identity: Identity = ANONYMOUS,
+        address: str = "",
     ) -> None:
-        super().__init__(session=session, limit=limit, on_overflow=on_overflow, identity=identity)
+        super().__init__(
+            session=session,
+            limit=limit,
+            on_overflow=on_overflow,
+            identity=identity,
+            address=address,
+        )
         self._send = send
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0

@@ -8,12 +8,15 @@ Bad input becomes an ``error`` frame and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..auth import Action
 from ..config import HubConfig
 from ..errors import ErrorCode, ProtocolError
 from ..protocol import (
     PROTOCOL_VERSION,
+    Auth,
     Cursor,
     Error,
     Limits,
@@ -28,6 +31,7 @@ from ..protocol import (
     decode_client_frame,
     encode,
 )
+from .admission import TokenBucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +55,14 @@ class DoSend:
     frame: Send | Publish
 
 
-Command = Reply | DoSubscribe | DoUnsubscribe | DoSend
+@dataclass(frozen=True, slots=True)
+class DoAuth:
+    token: str
+
+
+Command = Reply | DoSubscribe | DoUnsubscribe | DoSend | DoAuth
+
+Permission = Callable[[Action, str], bool]
 
 
 def error_frame(code: ErrorCode | str, message: str, ref: str | None = None) -> bytes:
@@ -61,13 +72,23 @@ def error_frame(code: ErrorCode | str, message: str, ref: str | None = None) -> 
 class ServerSession:
     """One connection's protocol state on the hub. Pure: pass ``now`` (monotonic seconds)."""
 
-    __slots__ = ("config", "id", "last_received", "topics")
+    __slots__ = ("_bucket", "can", "config", "id", "last_received", "topics")
 
-    def __init__(self, *, session_id: str, config: HubConfig, now: float) -> None:
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        config: HubConfig,
+        now: float,
+        can: Permission = lambda action, topic: True,
+    ) -> None:
         self.id = session_id
         self.config = config
         self.topics: set[str] = set()
         self.last_received = now
+        #: Whether this connection's identity may do ``action`` on a topic (set by the hub).
+        self.can = can
+        self._bucket = TokenBucket(rate=config.inbound_rate, burst=config.inbound_burst, now=now)
 
     def __repr__(self) -> str:
         return f"<ServerSession {self.id} topics={len(self.topics)}>"
@@ -101,6 +122,10 @@ class ServerSession:
     def receive(self, data: str | bytes, *, now: float) -> list[Command]:
         """One text frame from the client: replies and commands, in the order to apply them."""
         self.last_received = now
+        if not self._bucket.take(now):
+            return [
+                Reply(error_frame(ErrorCode.RATE_LIMITED, "too many frames; this one was ignored"))
+            ]
         if len(data) > self.config.max_frame_bytes:
             # Transports enforce this with close 1009; this guards adapters that cannot.
             return [Reply(error_frame(ErrorCode.INVALID_FRAME, "frame exceeds max_frame_bytes"))]
@@ -113,6 +138,10 @@ class ServerSession:
         if isinstance(frame, Pong):
             return []
         if isinstance(frame, Subscribe):
+            if not self.can(Action.SUBSCRIBE, frame.topic):
+                return [
+                    Reply(error_frame(ErrorCode.FORBIDDEN, "not allowed to subscribe", frame.topic))
+                ]
             if frame.topic not in self.topics and len(self.topics) >= self.config.max_subscriptions:
                 return [
                     Reply(
@@ -128,4 +157,6 @@ class ServerSession:
         if isinstance(frame, Unsubscribe):
             self.topics.discard(frame.topic)
             return [DoUnsubscribe(frame.topic), Reply(encode(Unsubscribed(topic=frame.topic)))]
+        if isinstance(frame, Auth):
+            return [DoAuth(frame.token)]
         return [DoSend(frame)]

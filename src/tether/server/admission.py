@@ -1,0 +1,122 @@
+"""Who may open a connection, and how fast: Origin allowlist, rate and connection caps.
+
+Pure: the caller passes the clock. The hub's handshake paths ask :class:`Admission`
+before accepting, and tell it when a connection opens and closes.
+
+* Origin: browsers send it and cannot forge it, so checking it stops cross-site
+  WebSocket hijacking (a hostile page opening a socket with the user's cookies).
+  Non-browser clients send none and are let through (they need a token anyway
+  once auth is on).
+* Handshake rate per address: a token bucket, so a reconnecting fleet behind one
+  NAT fits in the burst while a flood gets 429 and costs almost nothing.
+* Caps: total sessions (503 with Retry-After: load shedding) and per address (429).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ..config import HubConfig
+
+#: Addresses whose handshake buckets are remembered at once. A full bucket is the same
+#: as a forgotten one, so evicting the least recently seen loses nothing but bounds
+#: memory against floods from many addresses (10,000 x ~100 B = 1 MB).
+MAX_TRACKED_ADDRESSES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    status: int
+    reason: str
+    retry_after: int | None = None
+
+
+class TokenBucket:
+    __slots__ = ("burst", "rate", "tokens", "updated")
+
+    def __init__(self, *, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.updated = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+    def wait(self) -> float:
+        """Seconds until one token is available."""
+        return 0.0 if self.tokens >= 1 or self.rate <= 0 else (1 - self.tokens) / self.rate
+
+
+def parse_origins(value: str) -> frozenset[str] | None:
+    """``*`` -> ``None`` (any origin); else the allowed origins, normalised."""
+    items = {item.strip().rstrip("/").lower() for item in value.split(",") if item.strip()}
+    return None if "*" in items else frozenset(items)
+
+
+class Admission:
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.origins = parse_origins(config.allowed_origins)
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._per_address: dict[str, int] = {}
+        self.open = 0
+        self.refused = 0
+
+    def __repr__(self) -> str:
+        return f"<Admission open={self.open} refused={self.refused} tracked={len(self._buckets)}>"
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        if origin is None:
+            return True  # not a browser
+        origin = origin.rstrip("/").lower()
+        if self.origins is None:
+            return True
+        if origin in self.origins:
+            return True
+        # Same origin: the page was served by this host.
+        return not self.origins and host is not None and urlsplit(origin).netloc == host.lower()
+
+    def check(self, address: str, *, now: float) -> Refusal | None:
+        """Whether a handshake from ``address`` may proceed (counts toward its rate)."""
+        c = self.config
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = self._buckets[address] = TokenBucket(
+                rate=c.handshake_rate, burst=c.handshake_burst, now=now
+            )
+            if len(self._buckets) > MAX_TRACKED_ADDRESSES:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(address)
+        if not bucket.take(now):
+            self.refused += 1
+            return Refusal(
+                429, "too many handshakes from this address", max(1, round(bucket.wait()))
+            )
+        if self.open >= c.max_connections:
+            self.refused += 1
+            return Refusal(503, "hub at its connection limit", 5)
+        if self._per_address.get(address, 0) >= c.max_connections_per_address:
+            self.refused += 1
+            return Refusal(429, "too many connections from this address", 5)
+        return None
+
+    def opened(self, address: str) -> None:
+        self.open += 1
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+
+    def closed(self, address: str) -> None:
+        self.open = max(0, self.open - 1)
+        left = self._per_address.get(address, 0) - 1
+        if left > 0:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)

@@ -1,0 +1,63 @@
+"""Handshake rate and connection caps, per-connection frame rate: each breach has its code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from ..conftest import StartHub
+from ..support import Recorder, eventually
+
+
+async def test_handshake_rate_per_address_gets_429_with_retry_after(start_hub: StartHub) -> None:
+    server = await start_hub(handshake_rate=0.5, handshake_burst=3)
+    for _ in range(3):
+        async with websockets.connect(server.url) as ws:
+            await ws.recv()
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(server.url)
+    assert info.value.response.status_code == 429
+    assert int(info.value.response.headers["Retry-After"]) >= 1
+    assert server.hub.stats.handshakes_refused == 1
+
+
+async def test_connection_caps(start_hub: StartHub) -> None:
+    server = await start_hub(max_connections=2)
+    async with websockets.connect(server.url) as a, websockets.connect(server.url) as b:
+        await a.recv()
+        await b.recv()
+        with pytest.raises(InvalidStatus) as info:
+            await websockets.connect(server.url)
+        assert info.value.response.status_code == 503
+        assert "Retry-After" in info.value.response.headers
+    # Slots free up when connections end.
+    await eventually(lambda: server.hub.admission.open == 0, what="slots released")
+    async with websockets.connect(server.url) as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
+    per_address = await start_hub(max_connections_per_address=1)
+    async with websockets.connect(per_address.url) as ws:
+        await ws.recv()
+        with pytest.raises(InvalidStatus) as info:
+            await websockets.connect(per_address.url)
+        assert info.value.response.status_code == 429
+
+
+async def test_frame_flood_is_rate_limited_and_others_unaffected(start_hub: StartHub) -> None:
+    server = await start_hub(inbound_rate=5, inbound_burst=10)
+    bystander = Recorder(server.url)
+    await bystander.subscribed("t")
+    async with websockets.connect(server.url) as ws:
+        await ws.recv()
+        for n in range(50):
+            await ws.send(json.dumps({"type": "ping", "ts": n}))
+        replies = [json.loads(await ws.recv()) for _ in range(50)]
+    pongs = [r for r in replies if r["type"] == "pong"]
+    limited = [r for r in replies if r.get("code") == "rate_limited"]
+    assert len(pongs) + len(limited) == 50
+    assert 10 <= len(pongs) <= 15 and len(limited) >= 35
+    await server.hub.publish("t", "unaffected")
+    await eventually(lambda: len(bystander.deliveries) == 1, what="bystander delivery")
+    await bystander.close()

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import urllib.error
@@ -90,7 +91,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     request = urllib.request.Request(
         _http_base(args.url) + "/publish",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {args.token}"} if args.token else {}),
+        },
         method="POST",
     )
     try:
@@ -152,6 +156,7 @@ async def _listen(args: argparse.Namespace) -> int:
         on_state_change=on_state,
         on_reconnect=on_reconnect,
         on_resync=on_resync,
+        token=args.token,
         config=from_env(ClientConfig, **_options(args, ClientConfig)),
     )
     for topic in args.topic:
@@ -276,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic")
     p.add_argument("json", help="the payload, as JSON")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument(
+        "--token",
+        default=os.environ.get("TETHER_TOKEN"),
+        help="API key or JWT with publish rights (env TETHER_TOKEN)",
+    )
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("listen", help="subscribe and print messages (a resilient client)")
@@ -287,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON lines: messages on stdout, state changes, reconnects and resyncs on stderr",
     )
     p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("TETHER_TOKEN"),
+        help="JWT sent as Authorization: Bearer (env TETHER_TOKEN)",
+    )
     add_arguments(p, ClientConfig)
     p.set_defaults(func=cmd_listen)
 

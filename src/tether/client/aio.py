@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import jwt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -35,7 +36,7 @@ from ..errors import (
     TetherError,
 )
 from ..outbox import Outbox, OutboxItem
-from ..protocol import PROTOCOL_VERSION, Cursor, Gap
+from ..protocol import PROTOCOL_VERSION, Auth, Cursor, Gap, encode
 from .session import (
     ClientSession,
     Delivery,
@@ -66,6 +67,21 @@ ResyncHandler = Callable[[str, list[Gap]], Awaitable[None] | None]
 StateHandler = Callable[[State, State], None]
 ReconnectHandler = Callable[[], Awaitable[None] | None]
 ErrorHandler = Callable[[str, str], None]
+TokenSource = Callable[[], Awaitable[str] | str]
+
+#: Refresh a token once this fraction of its lifetime has passed: early enough to absorb
+#: a slow identity provider and clock skew, late enough not to hammer it.
+REFRESH_AT = 0.8
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` of a JWT, read without verifying it (the hub verifies)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    exp = claims.get("exp")
+    return float(exp) if isinstance(exp, int | float) else None
 
 
 class ConnectFailed(TetherError):
@@ -145,10 +161,17 @@ class Client:
         on_reconnect: ReconnectHandler | None = None,
         on_resync: ResyncHandler | None = None,
         on_error: ErrorHandler | None = None,
+        token: str | None = None,
+        get_token: TokenSource | None = None,
         config: ClientConfig | None = None,
         **options: Any,
     ) -> None:
+        """``token`` is sent as ``Authorization: Bearer``; ``get_token`` (sync or async) is
+        asked for a fresh one before each connection attempt and before expiry, and lets
+        the client retry after an auth failure (1008) instead of giving up."""
         self.url = url
+        self._token = token
+        self.get_token = get_token
         self.config = config if config is not None else from_env(ClientConfig, **options)
         self.on_state_change = on_state_change
         self.on_reconnect = on_reconnect
@@ -472,9 +495,17 @@ class Client:
             self._attempts, base=c.backoff_base, factor=c.backoff_factor, cap=c.backoff_cap
         )
 
+    async def _fresh_token(self) -> str | None:
+        if self.get_token is not None:
+            result = self.get_token()
+            self._token = await result if inspect.isawaitable(result) else result
+        return self._token
+
     async def _open(self) -> ClientConnection:
         try:
             async with asyncio.timeout(self.config.connect_timeout):
+                token = await self._fresh_token()
+                headers = {"Authorization": f"Bearer {token}"} if token else None
                 ws = await connect(
                     self.url,
                     open_timeout=None,
@@ -484,6 +515,7 @@ class Client:
                     compression=None,
                     proxy=None,
                     user_agent_header=f"tether-python/{PROTOCOL_VERSION}",
+                    additional_headers=headers,
                 )
                 try:
                     raw = await ws.recv(decode=False)
@@ -493,8 +525,9 @@ class Client:
             status = exc.response.status_code
             retry_after = exc.response.headers.get("Retry-After")
             hint = float(retry_after) if retry_after and retry_after.isdigit() else None
+            fatal = status in (401, 403) and self.get_token is None
             raise ConnectFailed(
-                f"handshake refused: HTTP {status}", hint=hint, fatal=status in (401, 403)
+                f"handshake refused: HTTP {status}", hint=hint, fatal=fatal
             ) from None
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise ConnectFailed(f"{type(exc).__name__}: {exc}") from None
@@ -511,9 +544,10 @@ class Client:
     def _closed_failure(self, code: int, exc: ConnectionClosed) -> ConnectFailed:
         reason = exc.rcvd.reason if exc.rcvd else ""
         hint = parse_close_hint(reason) if code in HINTED_CODES else None
-        return ConnectFailed(
-            f"closed during handshake: {code} {reason}", hint=hint, fatal=code in AUTH_FAILURE_CODES
-        )
+        # With a token source an auth failure is retried (with backoff and a fresh token);
+        # without one, retrying could only fail the same way: stop.
+        fatal = code in AUTH_FAILURE_CODES and self.get_token is None
+        return ConnectFailed(f"closed during handshake: {code} {reason}", hint=hint, fatal=fatal)
 
     async def _serve(self, ws: ClientConnection) -> float | None:
         """Run an open connection until it ends; returns the delay before reconnecting."""
@@ -529,6 +563,7 @@ class Client:
         self._machine.fire(Trigger.OPENED)
         frames = self._session.connection_opened(now=time.monotonic())
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(ws))
+        refresher = asyncio.get_running_loop().create_task(self._refresh_token(ws))
         try:
             await self._write(frames, ws=ws, flush_outbox=False)
             if reconnect:
@@ -547,6 +582,7 @@ class Client:
             pass
         finally:
             heartbeat.cancel()
+            refresher.cancel()
             self._ws = None
             self._session.connection_lost()
         return self._after_close(ws)
@@ -561,7 +597,7 @@ class Client:
             return None
         if time.monotonic() - self._connected_at >= self.config.stable_after:
             self._attempts = 0
-        if code in AUTH_FAILURE_CODES:
+        if code in AUTH_FAILURE_CODES and self.get_token is None:
             self._trip()
             return None
         if code in NO_RECONNECT_CODES:
@@ -573,6 +609,23 @@ class Client:
             if hint is not None:
                 return hint
         return self._backoff()
+
+    async def _refresh_token(self, ws: ClientConnection) -> None:
+        """Send a fresh token before the current one expires (no reconnect needed)."""
+        while self.get_token is not None and self._token:
+            expires = token_expiry(self._token)
+            if expires is None:
+                return
+            lifetime = max(0.0, expires - time.time())
+            await asyncio.sleep(lifetime * REFRESH_AT)
+            try:
+                token = await self._fresh_token()
+            except Exception:
+                logger.exception("get_token failed; retrying in a moment")
+                await asyncio.sleep(min(5.0, max(0.1, lifetime * (1 - REFRESH_AT) / 4)))
+                continue
+            if token:
+                await self._write([encode(Auth(token=token))], ws=ws, flush_outbox=False)
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         while True:

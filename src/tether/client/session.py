@@ -23,6 +23,7 @@ from ..errors import ProtocolError
 from ..outbox import Outbox, OutboxItem
 from ..protocol import (
     Ack,
+    Authed,
     Cursor,
     Error,
     Gap,
@@ -292,7 +293,7 @@ class ClientSession:
             return [Welcomed(frame)], []
         if isinstance(frame, Error):
             return [ServerError(frame.code, frame.message, frame.ref)], []
-        if isinstance(frame, Unsubscribed):
+        if isinstance(frame, Unsubscribed | Authed):
             return [], []
         raise AssertionError(f"unhandled frame {frame!r}")  # pragma: no cover
 

@@ -387,6 +387,7 @@ export class Session {
           replies: [],
         };
       case "unsubscribed":
+      case "authed":
         return { events: [], replies: [] };
       default:
         this.counters.protocolErrors += 1;
@@ -494,7 +495,7 @@ export class TetherClient extends EventTarget {
     const known = new Set([
       ...Object.keys(DEFAULTS),
       "onStateChange", "onReconnect", "onResync", "onError",
-      "persistCursors", "storage", "debug", "WebSocket",
+      "persistCursors", "storage", "debug", "WebSocket", "token", "getToken",
     ]);
     for (const key of Object.keys(options)) {
       if (!known.has(key)) throw new TypeError(`unknown Tether option '${key}'`);
@@ -506,6 +507,11 @@ export class TetherClient extends EventTarget {
     this.onResync = options.onResync || null;
     this.onError = options.onError || null;
     this._WebSocket = options.WebSocket || globalThis.WebSocket;
+    // The token travels in the subprotocol list: the only header a browser can set, and
+    // not part of the URL (so not in access logs). getToken() supplies fresh ones.
+    this._token = options.token || null;
+    this.getToken = options.getToken || null;
+    this._refreshTimer = null;
     this._storage = options.persistCursors === false ? null : options.storage || safeSessionStorage();
     this._machine = new StateMachine();
     this._machine.listen((from, to) => this._stateChanged(from, to));
@@ -525,6 +531,7 @@ export class TetherClient extends EventTarget {
     this._expiryTimer = null;
     this._saveTimer = null;
     this._retryRequested = false;
+    this._opening = false;
     this._started = false;
     this._verbose = !!options.debug;
     this._lastError = null;
@@ -640,6 +647,7 @@ export class TetherClient extends EventTarget {
     clearTimeout(this._timer);
     clearTimeout(this._heartbeatTimer);
     clearTimeout(this._expiryTimer);
+    clearTimeout(this._refreshTimer);
     this._saveCursors();
     if (typeof window !== "undefined") {
       window.removeEventListener("online", this._onOnline);
@@ -732,15 +740,27 @@ export class TetherClient extends EventTarget {
     this._emit("retry", { in: delay });
   }
 
-  _attempt() {
-    if (this._ws) return;
+  async _freshToken() {
+    if (this.getToken) this._token = await this.getToken();
+    return this._token;
+  }
+
+  async _attempt() {
+    if (this._ws || this._opening) return;
     this._attempts += 1;
+    this._opening = true;
     let ws;
     try {
-      ws = new this._WebSocket(this.url);
+      const token = await this._freshToken();
+      if (this.state === State.CLOSED) return;
+      ws = token
+        ? new this._WebSocket(this.url, ["tether.v1", `tether.token.${token}`])
+        : new this._WebSocket(this.url);
     } catch (err) {
       this._attemptFailed(`cannot open: ${err.message}`, null, false);
       return;
+    } finally {
+      this._opening = false;
     }
     this._ws = ws;
     let welcomed = false;
@@ -804,6 +824,25 @@ export class TetherClient extends EventTarget {
     for (const f of frames) ws.send(f);
     if (reconnect) this._enqueue({ kind: "reconnected" });
     this._heartbeat(ws);
+    this._scheduleRefresh(ws);
+  }
+
+  // Send a fresh token at 80% of the current one's lifetime, inside the live connection.
+  _scheduleRefresh(ws) {
+    clearTimeout(this._refreshTimer);
+    const exp = tokenExpiry(this._token);
+    if (!this.getToken || exp === null) return;
+    const delay = Math.max(0, (exp - Date.now() / 1000) * 0.8);
+    this._refreshTimer = setTimeout(async () => {
+      if (this._ws !== ws) return;
+      try {
+        const token = await this._freshToken();
+        if (this._ws === ws && token) ws.send(JSON.stringify({ type: "auth", token }));
+      } catch (err) {
+        this._log("warn", "getToken failed", err);
+      }
+      this._scheduleRefresh(ws);
+    }, delay * 1000);
   }
 
   _frame(ws, data, t) {
@@ -903,6 +942,7 @@ export class TetherClient extends EventTarget {
     if (this._ws !== ws) return;
     this._ws = null;
     clearTimeout(this._heartbeatTimer);
+    clearTimeout(this._refreshTimer);
     const wasConnected = this.state === State.CONNECTED;
     if (wasConnected) this._session.connectionLost();
     this._lastError = `${code} ${reason || ""}`.trim();
@@ -910,12 +950,14 @@ export class TetherClient extends EventTarget {
     if (this.state === State.CLOSED) return;
     if (!wasConnected) {
       const hinted = code === CloseCode.SERVICE_RESTART || code === CloseCode.TRY_AGAIN_LATER;
-      this._attemptFailed(this._lastError, hinted ? parseCloseHint(reason) : null, code === CloseCode.POLICY_VIOLATION);
+      // An auth failure is retried (with a fresh token, after backoff) only with getToken.
+      const fatal = code === CloseCode.POLICY_VIOLATION && !this.getToken;
+      this._attemptFailed(this._lastError, hinted ? parseCloseHint(reason) : null, fatal);
       return;
     }
     if (this._retryRequested) return this._runNext(0);
     if (now() - this._connectedAt >= this.config.stableAfter) this._attempts = 0;
-    if (code === CloseCode.POLICY_VIOLATION) {
+    if (code === CloseCode.POLICY_VIOLATION && !this.getToken) {
       this._m.circuitBreakerTrips += 1;
       this._machine.fire(Trigger.GAVE_UP);
       this._runNext(this.config.circuitCooldown);
@@ -1014,6 +1056,18 @@ export function connect(url, options = {}) {
 export function defaultUrl(path = "/ws") {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   return `${scheme}//${location.host}${path}`;
+}
+
+// A JWT's exp (seconds), read without verification: the hub verifies.
+export function tokenExpiry(token) {
+  if (!token) return null;
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+    return typeof claims.exp === "number" ? claims.exp : null;
+  } catch {
+    return null;
+  }
 }
 
 function pick(obj, keys) {

@@ -1,0 +1,73 @@
+"""The browser client with tokens: subprotocol transport, refresh in place, no auth loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import jwt
+from playwright.async_api import Browser
+
+from ..conftest import StartHub
+from ..support import T
+from .conftest import BrowserClient
+from .test_conformance import SCALED, until
+
+SECRET = "browser-secret-browser-secret-browser"
+
+
+def make_token(ttl: float) -> str:
+    claims = {"sub": "alice", "exp": int(time.time() + ttl), "topics": ["t"]}
+    return jwt.encode(claims, SECRET, "HS256")
+
+
+async def test_token_refreshed_in_place_and_bad_token_does_not_loop(
+    browser: Browser, start_hub: StartHub
+) -> None:
+    server = await start_hub(jwt_secret=SECRET, insecure_dev=False, jwt_leeway=0)
+    page = await browser.new_page()
+    await page.goto(server.http_url + "/healthz")
+    minted: list[str] = []
+
+    def mint() -> str:
+        minted.append(make_token(ttl=2))
+        return minted[-1]
+
+    await page.expose_function("mintToken", mint)
+    client = BrowserClient(page)
+    await page.evaluate("() => { window.getToken = () => window.mintToken(); }")
+    await client.start(server.url, **SCALED)
+    await page.evaluate("() => { window.client.getToken = window.getToken; }")
+    await page.evaluate("() => { window.client.reconnect(); }")  # connect with a minted token
+    await client.subscribe("t")
+
+    async def live() -> bool:
+        return await client.is_live("t")
+
+    await until(live, what="subscribed with a token")
+    before = server.hub.stats.auth_failures
+    await asyncio.sleep(4.5)  # past the 2 s tokens: refreshed inside the connection
+    await server.hub.publish("t", "still live")
+
+    async def got() -> bool:
+        return await client.offsets("t") == [1]
+
+    await until(got, what="delivery after the first token expired")
+    assert len(minted) >= 3
+    assert server.hub.stats.auth_failures == before
+    await page.close()
+
+    # A static bad token: 1008, FAILED, no retry loop.
+    page = await browser.new_page()
+    await page.goto(server.http_url + "/healthz")
+    bad = BrowserClient(page)
+    failures = server.hub.stats.auth_failures
+    await bad.start(server.url, **{**SCALED, "token": "garbage", "circuitCooldown": 1000 * T})
+
+    async def failed() -> bool:
+        return await bad.state() == "failed"
+
+    await until(failed, what="failed on a bad token")
+    await asyncio.sleep(10 * T)
+    assert server.hub.stats.auth_failures == failures + 1
+    await page.close()

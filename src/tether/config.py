@@ -155,6 +155,12 @@ class HubConfig:
         "one NAT fits, a flood gets 429.",
     )
     handshake_burst: int = _field(40, "Bucket size for handshake_rate: a page of tabs at once.")
+    handshake_timeout: float = _field(
+        10.0,
+        "A connection must send its whole HTTP request (the WebSocket handshake) within this, "
+        "or it is closed: slowloris clients can't hold sockets open by dribbling headers.",
+        unit="s",
+    )
     inbound_rate: float = _field(
         50.0,
         "Frames per second per connection: far above any UI, far below a flood.",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 import websockets
@@ -61,3 +63,18 @@ async def test_frame_flood_is_rate_limited_and_others_unaffected(start_hub: Star
     await server.hub.publish("t", "unaffected")
     await eventually(lambda: len(bystander.deliveries) == 1, what="bystander delivery")
     await bystander.close()
+
+
+async def test_slowloris_handshake_is_timed_out(start_hub: StartHub) -> None:
+    server = await start_hub(handshake_timeout=5 * T)
+    async with websockets.connect(server.url) as legit:  # upgraded before the deadline
+        await legit.recv()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websock")  # and stops
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 50 * T) == b""  # closed by the hub
+        assert 5 * T - T / 10 <= time.monotonic() - started <= 30 * T
+        writer.close()
+        await asyncio.sleep(10 * T)  # well past the deadline: the real connection lives on
+        await legit.send(json.dumps({"type": "ping", "ts": 1}))
+        assert json.loads(await legit.recv()) == {"type": "pong", "ts": 1}

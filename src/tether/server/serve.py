@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 
 from .fastws import TetherWSProtocol, bind_hub
+from .http import with_deadline
 from .hub import Hub
 
 logger = logging.getLogger("tether.hub")
@@ -36,6 +37,7 @@ def server_config(
         host=c.host,
         port=c.port,
         ws=protocol,
+        http=with_deadline(c.handshake_timeout),
         # Compression would force a per-connection frame: it defeats encode-once fan-out.
         ws_per_message_deflate=False,
         # Liveness is the application heartbeat, which browsers can take part in.

@@ -11,7 +11,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from ..conftest import StartHub
-from ..support import Recorder, eventually
+from ..support import Recorder, T, eventually
 
 
 async def test_handshake_rate_per_address_gets_429_with_retry_after(start_hub: StartHub) -> None:

@@ -161,6 +161,12 @@ class HubConfig:
         "or it is closed: slowloris clients can't hold sockets open by dribbling headers.",
         unit="s",
     )
+    listen_backlog: int = _field(
+        32,
+        "Kernel accept queue, and how many connections asyncio accepts per loop turn: small "
+        "enough that a handshake flood cannot stall delivery for long; excess waits in the "
+        "kernel and clients retry.",
+    )
     inbound_rate: float = _field(
         50.0,
         "Frames per second per connection: far above any UI, far below a flood.",

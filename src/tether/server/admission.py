@@ -68,10 +68,9 @@ class Admission:
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._per_address: dict[str, int] = {}
         self.open = 0
-        self.refused = 0
 
     def __repr__(self) -> str:
-        return f"<Admission open={self.open} refused={self.refused} tracked={len(self._buckets)}>"
+        return f"<Admission open={self.open} tracked={len(self._buckets)}>"
 
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         if origin is None:
@@ -83,6 +82,14 @@ class Admission:
             return True
         # Same origin: the page was served by this host.
         return not self.origins and host is not None and urlsplit(origin).netloc == host.lower()
+
+    def exhausted(self, address: str, *, now: float) -> bool:
+        """True when ``address`` has no handshake left: refuse before parsing anything."""
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            return False
+        tokens = min(bucket.burst, bucket.tokens + (now - bucket.updated) * bucket.rate)
+        return tokens < 1
 
     def check(self, address: str, *, now: float) -> Refusal | None:
         """Whether a handshake from ``address`` may proceed (counts toward its rate)."""
@@ -97,15 +104,12 @@ class Admission:
         else:
             self._buckets.move_to_end(address)
         if not bucket.take(now):
-            self.refused += 1
             return Refusal(
                 429, "too many handshakes from this address", max(1, round(bucket.wait()))
             )
         if self.open >= c.max_connections:
-            self.refused += 1
             return Refusal(503, "hub at its connection limit", 5)
         if self._per_address.get(address, 0) >= c.max_connections_per_address:
-            self.refused += 1
             return Refusal(429, "too many connections from this address", 5)
         return None
 

@@ -223,6 +223,10 @@ class Hub:
             return bool(self.authorize(identity, topic, action))
         return identity.allows(action, topic)
 
+    def count_refusal(self) -> None:
+        """A handshake refused before it reached :meth:`handshake` (e.g. early 429)."""
+        self.stats.handshakes_refused += 1
+
     def handshake(
         self,
         *,

@@ -37,7 +37,8 @@ def server_config(
         host=c.host,
         port=c.port,
         ws=protocol,
-        http=with_deadline(c.handshake_timeout),
+        http=with_deadline(c.handshake_timeout, hub.admission, hub.count_refusal),
+        backlog=c.listen_backlog,  # see its reason in tether.config
         # Compression would force a per-connection frame: it defeats encode-once fan-out.
         ws_per_message_deflate=False,
         # Liveness is the application heartbeat, which browsers can take part in.

@@ -8,9 +8,10 @@ machine to trade speed for margin; no test asserts wall-clock speed.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tether import Client, Delivery, Gap, State
@@ -50,11 +51,19 @@ def client_options(**overrides: Any) -> dict[str, Any]:
 
 
 async def eventually(
-    predicate: Callable[[], bool], *, timeout: float = 100 * T, what: str = "condition"
+    predicate: Callable[[], bool | Awaitable[bool]],
+    *,
+    timeout: float = 100 * T,
+    what: str = "condition",
 ) -> None:
-    """Wait until ``predicate()`` holds; fail naming ``what`` after ``timeout`` seconds."""
+    """Wait until ``predicate()`` (sync or async) holds; fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+
+    async def holds() -> bool:
+        result = predicate()
+        return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+    while not await holds():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
         await asyncio.sleep(min(0.01, T / 10))

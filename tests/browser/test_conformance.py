@@ -19,7 +19,7 @@ from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
 from ..conftest import RefusingServer, StartHub
-from ..support import T, hub_options
+from ..support import T, eventually, hub_options
 from .conftest import BrowserClient
 
 SCALED = {
@@ -32,13 +32,8 @@ SCALED = {
 }
 
 
-async def until(check: Any, *, timeout: float = 100 * T, what: str = "condition") -> None:
-    """Await an async predicate until it holds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        await asyncio.sleep(T / 10)
+#: The async-predicate form of ``eventually`` reads better in these page-driven tests.
+until = eventually
 
 
 @pytest.fixture

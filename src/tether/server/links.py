@@ -23,7 +23,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Required, TypedDict, Unpack
 
 from websockets.frames import Frame, Opcode
 
@@ -69,6 +69,16 @@ class Link(Protocol):
     def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None: ...
 
 
+class LinkOptions(TypedDict, total=False):
+    """What every link is built with (keyword arguments of both link classes)."""
+
+    session: Required[ServerSession]
+    limit: Required[int]
+    on_overflow: Required[Callable[[Link], None]]
+    identity: Identity
+    address: str
+
+
 class _Backlog:
     """What every link shares: identity, and the send-buffer limit with its replay grace."""
 
@@ -104,23 +114,8 @@ class RawTransportLink(_Backlog):
 
     __slots__ = ("_raw", "_transport")
 
-    def __init__(
-        self,
-        raw: RawLink,
-        *,
-        session: ServerSession,
-        limit: int,
-        on_overflow: Callable[[Link], None],
-        identity: Identity = ANONYMOUS,
-        address: str = "",
-    ) -> None:
-        super().__init__(
-            session=session,
-            limit=limit,
-            on_overflow=on_overflow,
-            identity=identity,
-            address=address,
-        )
+    def __init__(self, raw: RawLink, **options: Unpack[LinkOptions]) -> None:
+        super().__init__(**options)
         self._raw = raw
         self._transport = raw.transport  # held directly: this is the per-delivery path
 
@@ -160,23 +155,8 @@ class QueuedAsgiLink(_Backlog):
 
     __slots__ = ("_close", "_queue", "_queued_bytes", "_ready", "_send", "_task")
 
-    def __init__(
-        self,
-        send: ASGISend,
-        *,
-        session: ServerSession,
-        limit: int,
-        on_overflow: Callable[[Link], None],
-        identity: Identity = ANONYMOUS,
-        address: str = "",
-    ) -> None:
-        super().__init__(
-            session=session,
-            limit=limit,
-            on_overflow=on_overflow,
-            identity=identity,
-            address=address,
-        )
+    def __init__(self, send: ASGISend, **options: Unpack[LinkOptions]) -> None:
+        super().__init__(**options)
         self._send = send
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0

@@ -149,6 +149,11 @@ class HubConfig:
     max_connections_per_address: int = _field(
         256, "One address can't take the whole hub; 256 leaves room for an office behind NAT."
     )
+    max_connections_per_identity: int = _field(
+        32,
+        "Sessions per token subject: several tabs on several devices fit; a leaked token "
+        "cannot take every slot.",
+    )
     handshake_rate: float = _field(
         20.0,
         "Handshakes per second per address (token bucket): a reconnecting fleet behind "

@@ -135,3 +135,20 @@ async def test_origin_checks(start_hub: StartHub) -> None:
     # Non-browser clients send no Origin and are let through (auth, if on, still applies).
     async with websockets.connect(listed.url) as ws:
         assert json.loads(await ws.recv())["type"] == "welcome"
+
+
+async def test_connections_per_identity_are_capped(start_hub: StartHub) -> None:
+    server = await start_hub(jwt_secret=SECRET, insecure_dev=False, max_connections_per_identity=2)
+    alice = {"Authorization": f"Bearer {make_token('alice')}"}
+    bob = {"Authorization": f"Bearer {make_token('bob')}"}
+    async with (
+        websockets.connect(server.url, additional_headers=alice) as a1,
+        websockets.connect(server.url, additional_headers=alice) as a2,
+    ):
+        await a1.recv()
+        await a2.recv()
+        with pytest.raises(InvalidStatus) as info:
+            await websockets.connect(server.url, additional_headers=alice)
+        assert info.value.response.status_code == 429
+        async with websockets.connect(server.url, additional_headers=bob) as b:
+            assert json.loads(await b.recv())["type"] == "welcome"

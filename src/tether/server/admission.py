@@ -67,6 +67,7 @@ class Admission:
         self.origins = parse_origins(config.allowed_origins)
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._per_address: dict[str, int] = {}
+        self._per_identity: dict[str, int] = {}
         self.open = 0
 
     def __repr__(self) -> str:
@@ -113,14 +114,28 @@ class Admission:
             return Refusal(429, "too many connections from this address", 5)
         return None
 
-    def opened(self, address: str) -> None:
-        self.open += 1
-        self._per_address[address] = self._per_address.get(address, 0) + 1
+    def identity_full(self, subject: str) -> Refusal | None:
+        """Checked once the token is verified (anonymous sessions are not counted)."""
+        if self._per_identity.get(subject, 0) >= self.config.max_connections_per_identity:
+            return Refusal(429, "too many connections for this identity", 5)
+        return None
 
-    def closed(self, address: str) -> None:
+    def opened(self, address: str, subject: str | None = None) -> None:
+        self.open += 1
+        _bump(self._per_address, address, +1)
+        if subject is not None:
+            _bump(self._per_identity, subject, +1)
+
+    def closed(self, address: str, subject: str | None = None) -> None:
         self.open = max(0, self.open - 1)
-        left = self._per_address.get(address, 0) - 1
-        if left > 0:
-            self._per_address[address] = left
-        else:
-            self._per_address.pop(address, None)
+        _bump(self._per_address, address, -1)
+        if subject is not None:
+            _bump(self._per_identity, subject, -1)
+
+
+def _bump(counts: dict[str, int], key: str, delta: int) -> None:
+    value = counts.get(key, 0) + delta
+    if value > 0:
+        counts[key] = value
+    else:
+        counts.pop(key, None)

@@ -257,7 +257,14 @@ class Hub:
         except AuthError as exc:
             self.stats.auth_failures += 1
             return Handshake(auth_error=str(exc), subprotocol=subprotocol)
+        refusal = self.admission.identity_full(identity.subject)
+        if refusal is not None:
+            self.stats.handshakes_refused += 1
+            return Handshake(refusal=refusal)
         return Handshake(identity=identity, subprotocol=subprotocol)
+
+    def _counted_subject(self, link: Link) -> str | None:
+        return None if self.authenticator is None else link.identity.subject
 
     async def publish(self, topic: str, data: Any) -> int:
         """Publish ``data`` (any JSON value) to ``topic``; returns its offset."""
@@ -349,7 +356,7 @@ class Hub:
     def attach(self, link: Link) -> None:
         """Start serving ``link``: sends ``welcome`` and starts the heartbeat if needed."""
         self._links[link] = _LinkState()
-        self.admission.opened(link.address)
+        self.admission.opened(link.address, self._counted_subject(link))
         link.session.can = lambda action, topic: self.allowed(link.identity, action, topic)
         self.stats.connections_total += 1
         link.send_frames([link.session.welcome(wall_ms=int(time.time() * 1000))])
@@ -366,7 +373,7 @@ class Hub:
         state = self._links.pop(link, None)
         if state is not None:
             self.stats.disconnections += 1
-            self.admission.closed(link.address)
+            self.admission.closed(link.address, self._counted_subject(link))
         for topic in link.session.topics:
             self._unsubscribe(link, topic)
         link.session.topics.clear()

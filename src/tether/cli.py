@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -29,8 +30,6 @@ def _log_setup(args: argparse.Namespace) -> None:
 
 
 def _options(args: argparse.Namespace, cls: type[HubConfig | ClientConfig]) -> dict[str, Any]:
-    import dataclasses
-
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -37,11 +36,9 @@ until = eventually
 
 
 @pytest.fixture
-async def proxy(hub_server: HubServer) -> AsyncIterator[ChaosProxy]:
-    p = ChaosProxy(target=("127.0.0.1", hub_server.port))
-    await p.start()
-    yield p
-    await p.stop()
+def proxy(chaos: ChaosProxy) -> ChaosProxy:
+    """The shared chaos proxy (tests/conftest.py), under the name these tests use."""
+    return chaos
 
 
 def via(proxy: ChaosProxy) -> str:

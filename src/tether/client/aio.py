@@ -510,6 +510,7 @@ class Client:
                     self.url,
                     open_timeout=None,
                     ping_interval=None,  # liveness is the application heartbeat
+                    # Our close() is a courtesy: the reconnect logic never waits for it long.
                     close_timeout=2,
                     max_size=MAX_INBOUND_FRAME,
                     compression=None,

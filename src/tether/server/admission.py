@@ -26,6 +26,11 @@ from ..config import HubConfig
 MAX_TRACKED_ADDRESSES = 10_000
 
 
+#: Retry-After for a full hub, address or identity: slots free as sessions end, which
+#: takes seconds, not the sub-second a rate bucket needs; clients add their own jitter.
+CAPACITY_RETRY_AFTER = 5
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     status: int
@@ -109,15 +114,15 @@ class Admission:
                 429, "too many handshakes from this address", max(1, round(bucket.wait()))
             )
         if self.open >= c.max_connections:
-            return Refusal(503, "hub at its connection limit", 5)
+            return Refusal(503, "hub at its connection limit", CAPACITY_RETRY_AFTER)
         if self._per_address.get(address, 0) >= c.max_connections_per_address:
-            return Refusal(429, "too many connections from this address", 5)
+            return Refusal(429, "too many connections from this address", CAPACITY_RETRY_AFTER)
         return None
 
     def identity_full(self, subject: str) -> Refusal | None:
         """Checked once the token is verified (anonymous sessions are not counted)."""
         if self._per_identity.get(subject, 0) >= self.config.max_connections_per_identity:
-            return Refusal(429, "too many connections for this identity", 5)
+            return Refusal(429, "too many connections for this identity", CAPACITY_RETRY_AFTER)
         return None
 
     def opened(self, address: str, subject: str | None = None) -> None:

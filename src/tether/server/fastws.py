@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import parse_qsl
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -197,17 +197,17 @@ class HubWSProtocol(TetherWSProtocol):
     def handle_text(self, event: Frame) -> None:
         if self.hub_link is None:
             super().handle_text(event)
-            return
-        self.curr_msg_data_type = "text"
-        self.frames = [bytes(event.data)]
-        if event.fin:
-            self._to_hub()
+        else:
+            self._first_frame("text", event)
 
     def handle_bytes(self, event: Frame) -> None:
         if self.hub_link is None:
             super().handle_bytes(event)
-            return
-        self.curr_msg_data_type = "bytes"
+        else:
+            self._first_frame("bytes", event)
+
+    def _first_frame(self, kind: Literal["text", "bytes"], event: Frame) -> None:
+        self.curr_msg_data_type = kind
         self.frames = [bytes(event.data)]
         if event.fin:
             self._to_hub()

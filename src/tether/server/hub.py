@@ -80,6 +80,12 @@ logger = logging.getLogger("tether.hub")
 
 _topic_decoder = msgspec.json.Decoder(Topic)
 
+#: How long a cut-off slow consumer's close frame may wait behind its full buffer before
+#: the socket is aborted: its buffer is what we are protecting, so not long.
+SLOW_CONSUMER_ABORT = 0.5
+#: A silent peer is presumed dead: give its close handshake a second, then abort.
+DEAD_PEER_ABORT = 1.0
+
 
 def validate_topic(topic: str) -> str:
     """Return ``topic`` if it is a legal topic name, else raise ``ValueError``."""
@@ -437,11 +443,16 @@ class Hub:
             return
         self.stats.slow_consumers += 1
         logger.warning("slow consumer %s cut off (4008)", link.session.id)
-        link.close(
+        self._cut(
+            link,
             CloseCode.SLOW_CONSUMER,
             "slow consumer: send buffer exceeded",
-            abort_after=self.config.heartbeat_timeout / 4,
+            abort_after=SLOW_CONSUMER_ABORT,
         )
+
+    def _cut(self, link: Link, code: int, reason: str, *, abort_after: float | None) -> None:
+        """Close ``link`` from the hub's side and forget it now (not when TCP finishes)."""
+        link.close(code, reason, abort_after=abort_after)
         self.detach(link)  # idempotent: the transport's own close will call it again
 
     # --- client -> hub messages ---------------------------------------------------------
@@ -553,15 +564,19 @@ class Hub:
             wall = time.time()
             for link in links:
                 expires = link.identity.expires_at
-                if not link.closed and expires is not None and wall > expires + c.jwt_leeway:
-                    link.close(CloseCode.POLICY_VIOLATION, "token expired")
-                    self.detach(link)
+                if link.closed:
                     continue
-                if not link.closed and link.session.is_dead(now=now):
+                if expires is not None and wall > expires + c.jwt_leeway:
+                    self._cut(link, CloseCode.POLICY_VIOLATION, "token expired", abort_after=None)
+                elif link.session.is_dead(now=now):
                     self.stats.heartbeat_timeouts += 1
                     logger.info("heartbeat timeout: closing %s", link.session.id)
-                    link.close(CloseCode.INTERNAL_ERROR, "heartbeat timeout", abort_after=1.0)
-                    self.detach(link)
+                    self._cut(
+                        link,
+                        CloseCode.INTERNAL_ERROR,
+                        "heartbeat timeout",
+                        abort_after=DEAD_PEER_ABORT,
+                    )
 
     def restart_reason(self) -> str:
         """A 1012 close reason with a randomised retry hint, spreading the fleet's return."""

@@ -112,11 +112,3 @@ class HubServer:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-
-
-async def serve(
-    hub: Hub, *, app: Any = None, ws_path: str | None = None, log_level: str = "warning"
-) -> None:
-    """Serve ``hub`` (or ``app`` that mounts it) until SIGTERM/SIGINT."""
-    server = uvicorn.Server(server_config(hub, app=app, ws_path=ws_path, log_level=log_level))
-    await server.serve()

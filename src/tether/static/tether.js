@@ -1013,6 +1013,8 @@ export class TetherClient extends EventTarget {
 
   _scheduleSave() {
     if (!this._storage || this._saveTimer !== null) return;
+    // Writing sessionStorage per message would cost more than the message; pagehide also
+    // saves, so a reload loses nothing even inside the 250 ms window.
     this._saveTimer = setTimeout(() => this._saveCursors(), 250);
   }
 

@@ -156,8 +156,9 @@ class HubConfig:
     )
     handshake_rate: float = _field(
         20.0,
-        "Handshakes per second per address (token bucket): a reconnecting fleet behind "
-        "one NAT fits, a flood gets 429.",
+        "New connections per second per address (token bucket; WebSocket handshakes and "
+        "HTTP requests alike, charged as they are accepted): a reconnecting fleet behind one "
+        "NAT fits, a flood gets 429 for the price of a few system calls.",
     )
     handshake_burst: int = _field(40, "Bucket size for handshake_rate: a page of tabs at once.")
     handshake_timeout: float = _field(
@@ -168,9 +169,9 @@ class HubConfig:
     )
     listen_backlog: int = _field(
         32,
-        "Kernel accept queue, and how many connections asyncio accepts per loop turn: small "
-        "enough that a handshake flood cannot stall delivery for long; excess waits in the "
-        "kernel and clients retry.",
+        "Kernel accept queue, and how many connections are accepted per event-loop turn: "
+        "one turn of a handshake flood stays well under a millisecond; the excess waits "
+        "in the kernel and clients retry.",
     )
     inbound_rate: float = _field(
         50.0,

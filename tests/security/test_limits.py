@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 
+import httpx
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
@@ -24,6 +25,11 @@ async def test_handshake_rate_per_address_gets_429_with_retry_after(start_hub: S
     assert info.value.response.status_code == 429
     assert int(info.value.response.headers["Retry-After"]) >= 1
     assert server.hub.stats.handshakes_refused == 1
+    # Another address has its own bucket (127.0.0.1's is empty: even /metrics gets 429).
+    other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+    async with httpx.AsyncClient(base_url=server.http_url, transport=other) as http:
+        metrics = (await http.get("/metrics")).text
+    assert "tether_handshakes_refused_total 1.0" in metrics
 
 
 async def test_connection_caps(start_hub: StartHub) -> None:

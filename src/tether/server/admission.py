@@ -74,6 +74,9 @@ class Admission:
         self._per_address: dict[str, int] = {}
         self._per_identity: dict[str, int] = {}
         self.open = 0
+        #: Set by an accept gate that charges each connection to its address's bucket
+        #: as it accepts it; the handshake then only checks the caps.
+        self.charged_on_accept = False
 
     def __repr__(self) -> str:
         return f"<Admission open={self.open} tracked={len(self._buckets)}>"
@@ -89,19 +92,14 @@ class Admission:
         # Same origin: the page was served by this host.
         return not self.origins and host is not None and urlsplit(origin).netloc == host.lower()
 
-    def exhausted(self, address: str, *, now: float) -> bool:
-        """True when ``address`` has no handshake left: refuse before parsing anything."""
-        bucket = self._buckets.get(address)
-        if bucket is None:
-            return False
-        tokens = min(bucket.burst, bucket.tokens + (now - bucket.updated) * bucket.rate)
-        return tokens < 1
+    def take(self, address: str, *, now: float) -> bool:
+        """Charge one handshake to ``address``'s bucket; False when it is empty."""
+        return self._bucket(address, now).take(now)
 
-    def check(self, address: str, *, now: float) -> Refusal | None:
-        """Whether a handshake from ``address`` may proceed (counts toward its rate)."""
-        c = self.config
+    def _bucket(self, address: str, now: float) -> TokenBucket:
         bucket = self._buckets.get(address)
         if bucket is None:
+            c = self.config
             bucket = self._buckets[address] = TokenBucket(
                 rate=c.handshake_rate, burst=c.handshake_burst, now=now
             )
@@ -109,10 +107,18 @@ class Admission:
                 self._buckets.popitem(last=False)
         else:
             self._buckets.move_to_end(address)
-        if not bucket.take(now):
-            return Refusal(
-                429, "too many handshakes from this address", max(1, round(bucket.wait()))
-            )
+        return bucket
+
+    def check(self, address: str, *, now: float) -> Refusal | None:
+        """Whether a handshake from ``address`` may proceed (charged to its rate unless
+        an accept gate already did)."""
+        c = self.config
+        if not self.charged_on_accept:
+            bucket = self._bucket(address, now)
+            if not bucket.take(now):
+                return Refusal(
+                    429, "too many handshakes from this address", max(1, round(bucket.wait()))
+                )
         if self.open >= c.max_connections:
             return Refusal(503, "hub at its connection limit", CAPACITY_RETRY_AFTER)
         if self._per_address.get(address, 0) >= c.max_connections_per_address:

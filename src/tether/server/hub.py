@@ -230,7 +230,7 @@ class Hub:
         return identity.allows(action, topic)
 
     def count_refusal(self) -> None:
-        """A handshake refused before it reached :meth:`handshake` (e.g. early 429)."""
+        """A connection refused before it reached :meth:`handshake` (the accept gate's 429)."""
         self.stats.handshakes_refused += 1
 
     def handshake(

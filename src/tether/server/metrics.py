@@ -28,6 +28,12 @@ COUNTERS = {
     "slow_consumers": ("tether_slow_consumers", "Subscribers cut off for a full send buffer"),
     "sends_handled": ("tether_sends_handled", "Client messages handled (handler ran)"),
     "sends_deduplicated": ("tether_sends_deduplicated", "Client retries answered from dedup"),
+    "handshakes_refused": (
+        "tether_handshakes_refused",
+        "Connections refused for rate, caps or origin (429/503/403)",
+    ),
+    "auth_failures": ("tether_auth_failures", "Handshakes or refreshes with a bad token"),
+    "forbidden": ("tether_forbidden", "Subscribes or publishes refused by permissions"),
 }
 
 

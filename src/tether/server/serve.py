@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 
 from .fastws import TetherWSProtocol, bind_hub
+from .gate import AcceptGate, listening_socket
 from .http import with_deadline
 from .hub import Hub
 
@@ -37,7 +39,7 @@ def server_config(
         host=c.host,
         port=c.port,
         ws=protocol,
-        http=with_deadline(c.handshake_timeout, hub.admission, hub.count_refusal),
+        http=with_deadline(c.handshake_timeout),
         backlog=c.listen_backlog,  # see its reason in tether.config
         # Compression would force a per-connection frame: it defeats encode-once fan-out.
         ws_per_message_deflate=False,
@@ -60,6 +62,48 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
+class GatedServer(EmbeddedServer):
+    """uvicorn behind an :class:`AcceptGate` on a socket we own (floods refused early).
+
+    uvicorn is started with no sockets of its own, so it runs the app, lifespan and
+    shutdown while the gate does the accepting.
+    """
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self._hub = hub
+        self.gate: AcceptGate | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        c = self._hub.config
+        sock = listening_socket(c.host, c.port, backlog=c.listen_backlog)
+        try:
+            await super().startup(sockets=[])
+        except BaseException:
+            sock.close()
+            raise
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self.gate = AcceptGate(
+            sock,
+            create_protocol,
+            admission=self._hub.admission,
+            per_turn=c.listen_backlog,
+            on_refused=self._hub.count_refusal,
+        )
+        self.gate.open()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.gate is not None:
+            self.gate.close()  # stop accepting first, as uvicorn does with its own servers
+        await super().shutdown(sockets=sockets)
+
+
 class HubServer:
     """A hub served over HTTP/WebSocket in this event loop; ``port=0`` picks a free port."""
 
@@ -73,7 +117,7 @@ class HubServer:
     ) -> None:
         self.hub = hub
         config = server_config(hub, app=app, ws_path=ws_path, log_level=log_level)
-        self._server = EmbeddedServer(config)
+        self._server = GatedServer(config, hub)
         self._task: asyncio.Task[None] | None = None
         self._port = hub.config.port
 
@@ -101,7 +145,8 @@ class HubServer:
                 self._task.result()  # raises the startup error (e.g. port in use)
                 raise RuntimeError("hub server exited during startup")
             await asyncio.sleep(0.01)
-        self._port = self._server.servers[0].sockets[0].getsockname()[1]
+        assert self._server.gate is not None
+        self._port = self._server.gate.sock.getsockname()[1]
         logger.info("tether hub on %s", self.url)
 
     async def stop(self) -> None:

@@ -9,79 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tether.chaos import ChaosProxy
 
+from ..processes import Proc, free_port, serve, spawn
 from ..support import T, eventually
-
-TETHER = [sys.executable, "-m", "tether.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Proc:
-    """A subprocess whose stdout/stderr lines are collected as they arrive."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.out: list[str] = []
-        self.err: list[str] = []
-        assert proc.stdout is not None and proc.stderr is not None
-        self._tasks = [
-            asyncio.create_task(self._pump(proc.stdout, self.out)),
-            asyncio.create_task(self._pump(proc.stderr, self.err)),
-        ]
-
-    @staticmethod
-    async def _pump(stream: asyncio.StreamReader, lines: list[str]) -> None:
-        while line := await stream.readline():
-            lines.append(line.decode().rstrip("\n"))
-
-    def json_err(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.err if line.startswith("{")]
-
-    async def wait(self, timeout: float = 20.0) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.gather(*self._tasks)
-        return code
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.gather(*self._tasks)
-        return code
-
-
-async def spawn(*args: str) -> Proc:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        *TETHER, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    return Proc(proc)
 
 
 async def start_serve(port: int) -> Proc:
-    server = await spawn(
-        "serve",
-        "--insecure-dev",
-        "--port",
-        str(port),
+    return await serve(
+        port,
         "--heartbeat-interval",
         str(3 * T),
         "--heartbeat-timeout",
@@ -89,15 +32,6 @@ async def start_serve(port: int) -> Proc:
         "--restart-spread",
         str(5 * T),
     )
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"tether serve did not start: {server.err}")
 
 
 @pytest.fixture

@@ -9,8 +9,12 @@ hub, the WebSocket handshake) within ``handshake_timeout`` seconds, or it is clo
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+if TYPE_CHECKING:
+    import h11
 
 
 class DeadlineH11Protocol(H11Protocol):
@@ -21,16 +25,25 @@ class DeadlineH11Protocol(H11Protocol):
         super().connection_made(transport)
         self._deadline = self.loop.call_later(self.handshake_timeout, self._expire)
 
-    def _expire(self) -> None:
-        self._deadline = None
-        handed_off = self.transport.get_protocol() is not self  # upgraded to WebSocket
-        if self.cycle is None and not handed_off and not self.transport.is_closing():
-            self.transport.close()
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # The handshake arrived in time, and this protocol object is about to be left
+        # behind for the WebSocket one: a pending timer would keep it (and its parser
+        # state) alive for the rest of handshake_timeout.
+        self._cancel_deadline()
+        super().handle_websocket_upgrade(event)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _cancel_deadline(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if self.cycle is None and not self.transport.is_closing():  # no request yet
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
         super().connection_lost(exc)
 
 

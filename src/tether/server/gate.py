@@ -56,16 +56,9 @@ _TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.
 
 def listening_socket(host: str, port: int, *, backlog: int) -> socket.socket:
     """A non-blocking TCP socket bound to ``host:port`` (``port=0``: any free port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    sock.setblocking(False)
     return sock
 
 

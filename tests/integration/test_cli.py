@@ -61,6 +61,11 @@ async def test_listen_survives_cuts_stall_and_restart(procs: list[Proc], tmp_pat
         str(3 * T),
         "--connect-timeout",
         str(10 * T),
+        # Backoff is squeezed to test scale, so ten attempts span only ~2 s: a restart
+        # on a loaded machine can take longer. The circuit may open; it must then probe
+        # again at test scale too (the default cooldown is a minute).
+        "--circuit-cooldown",
+        str(5 * T),
     )
     procs.append(listener)
     await eventually(
@@ -116,7 +121,10 @@ async def test_listen_survives_cuts_stall_and_restart(procs: list[Proc], tmp_pat
         published = 0
         await publish(http, 10)
 
-    await eventually(lambda: len(listener.out) == first_epoch_total + 10, what="new epoch")
+    try:
+        await eventually(lambda: len(listener.out) == first_epoch_total + 10, what="new epoch")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the listener said: {listener.err[-8:]}") from None
     await listener.stop(signal.SIGINT)
     await proxy.stop()
 

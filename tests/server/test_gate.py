@@ -20,26 +20,32 @@ from ..support import T, eventually
 class Greeter(asyncio.Protocol):
     """Stands in for the HTTP protocol: says hello, so a test can tell it was reached."""
 
-    made: list[Greeter] = []
+    def __init__(self, made: list[Greeter]) -> None:
+        self.made = made
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         transport.write(b"hello")
-        Greeter.made.append(self)
+        self.made.append(self)
 
 
-def make_gate(*, burst: int, per_turn: int = 32, retry_delay: float = 1.0) -> AcceptGate:
-    admission = Admission(HubConfig(handshake_rate=0.001, handshake_burst=burst))
-    sock = listening_socket("127.0.0.1", 0, backlog=64)
-    return AcceptGate(
-        sock, Greeter, admission=admission, per_turn=per_turn, retry_delay=retry_delay
-    )
+class Gate(AcceptGate):
+    """A gate on a fresh loopback socket that records the protocols it reached."""
+
+    def __init__(self, *, burst: int, per_turn: int = 32, retry_delay: float = 1.0) -> None:
+        self.made: list[Greeter] = []
+        super().__init__(
+            listening_socket("127.0.0.1", 0, backlog=64),
+            lambda: Greeter(self.made),
+            admission=Admission(HubConfig(handshake_rate=0.001, handshake_burst=burst)),
+            per_turn=per_turn,
+            retry_delay=retry_delay,
+        )
 
 
 @pytest.fixture
-async def gate() -> AsyncIterator[AcceptGate]:
-    Greeter.made = []
-    gate = make_gate(burst=2)
+async def gate() -> AsyncIterator[Gate]:
+    gate = Gate(burst=2)
     gate.open()
     yield gate
     gate.close()
@@ -54,14 +60,14 @@ async def exchange(port: int) -> bytes:
         writer.close()
 
 
-async def test_within_the_bucket_connections_reach_the_protocol(gate: AcceptGate) -> None:
+async def test_within_the_bucket_connections_reach_the_protocol(gate: Gate) -> None:
     port = gate.sock.getsockname()[1]
     assert await exchange(port) == b"hello"
     assert await exchange(port) == b"hello"
-    assert len(Greeter.made) == 2 and gate.refused == 0
+    assert len(gate.made) == 2 and gate.refused == 0
 
 
-async def test_over_the_bucket_a_canned_429_then_a_clean_close(gate: AcceptGate) -> None:
+async def test_over_the_bucket_a_canned_429_then_a_clean_close(gate: Gate) -> None:
     port = gate.sock.getsockname()[1]
     for _ in range(2):
         await exchange(port)
@@ -70,13 +76,12 @@ async def test_over_the_bucket_a_canned_429_then_a_clean_close(gate: AcceptGate)
     # The whole response, then EOF (a FIN): not a connection reset.
     assert await asyncio.wait_for(reader.read(), 50 * T) == REFUSED
     writer.close()
-    assert gate.refused == 1 and len(Greeter.made) == 2
+    assert gate.refused == 1 and len(gate.made) == 2
     assert b"429" in REFUSED and b"Retry-After" in REFUSED
 
 
 async def test_one_turn_accepts_at_most_per_turn() -> None:
-    Greeter.made = []
-    gate = make_gate(burst=100, per_turn=3)
+    gate = Gate(burst=100, per_turn=3)
     port = gate.sock.getsockname()[1]
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(7)]
     try:
@@ -84,14 +89,14 @@ async def test_one_turn_accepts_at_most_per_turn() -> None:
         gate.accept_ready()  # one turn's worth, as the loop's reader callback would run it
         assert gate.handing_off == 3
         # The rest wait in the kernel's backlog and are taken on later turns.
-        await eventually(lambda: len(Greeter.made) == 7, what="all accepted")
+        await eventually(lambda: len(gate.made) == 7, what="all accepted")
     finally:
         gate.close()
         for c in clients:
             c.close()
 
 
-async def test_close_stops_accepting(gate: AcceptGate) -> None:
+async def test_close_stops_accepting(gate: Gate) -> None:
     port = gate.sock.getsockname()[1]
     gate.close()
     with pytest.raises(ConnectionRefusedError):
@@ -100,8 +105,7 @@ async def test_close_stops_accepting(gate: AcceptGate) -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_NOFILE behaviour is Linux's")
 async def test_out_of_descriptors_pauses_instead_of_spinning() -> None:
-    Greeter.made = []
-    gate = make_gate(burst=100, retry_delay=5 * T)
+    gate = Gate(burst=100, retry_delay=5 * T)
     port = gate.sock.getsockname()[1]
     # The connecting side lives in another process: this one is about to run out of fds.
     child = await asyncio.create_subprocess_exec(
@@ -117,18 +121,18 @@ async def test_out_of_descriptors_pauses_instead_of_spinning() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         assert await asyncio.wait_for(child.stdout.readline(), 50 * T) == b"connected\n"
-        probe = socket.socket()  # the highest fd in use now, roughly: no new fd may be made
+        probe = socket.socket()  # takes the lowest free fd: a limit there leaves none free
         resource.setrlimit(resource.RLIMIT_NOFILE, (probe.fileno(), hard))
         probe.close()
         gate.open()
         await eventually(lambda: gate.paused, what="paused on EMFILE")
-        assert Greeter.made == []  # nothing accepted, and the reader is off: no busy loop
+        assert gate.made == []  # nothing accepted, and the reader is off: no busy loop
         assert "paused" in repr(gate)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     try:
         # With descriptors back, the waiting connection is accepted after the pause.
-        await eventually(lambda: len(Greeter.made) == 1, what="accepted after the pause")
+        await eventually(lambda: len(gate.made) == 1, what="accepted after the pause")
         assert not gate.paused
     finally:
         gate.close()

@@ -12,7 +12,7 @@ import pytest
 
 from tether.config import HubConfig
 from tether.server.admission import Admission
-from tether.server.gate import REFUSED, AcceptGate, listening_socket
+from tether.server.gate import AcceptGate, listening_socket, refusal
 
 from ..support import T, eventually
 
@@ -74,10 +74,10 @@ async def test_over_the_bucket_a_canned_429_then_a_clean_close(gate: Gate) -> No
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
     # The whole response, then EOF (a FIN): not a connection reset.
-    assert await asyncio.wait_for(reader.read(), 50 * T) == REFUSED
+    assert await asyncio.wait_for(reader.read(), 50 * T) == gate.refusal
     writer.close()
     assert gate.refused == 1 and len(gate.made) == 2
-    assert b"429" in REFUSED and b"Retry-After" in REFUSED
+    assert gate.refusal.startswith(b"HTTP/1.1 429 ")
 
 
 async def test_one_turn_accepts_at_most_per_turn() -> None:
@@ -138,3 +138,9 @@ async def test_out_of_descriptors_pauses_instead_of_spinning() -> None:
         gate.close()
         child.kill()
         await child.wait()
+
+
+def test_retry_after_is_the_refill_time_of_one_token() -> None:
+    assert b"Retry-After: 1\r\n" in refusal(20.0)
+    assert b"Retry-After: 4\r\n" in refusal(0.25)
+    assert b"Retry-After: 60\r\n" in refusal(0)  # no refill: come back much later

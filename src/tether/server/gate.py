@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -37,10 +38,19 @@ from .admission import Admission
 
 logger = logging.getLogger("tether.hub")
 
-REFUSED = (
-    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
-    b"Connection: close\r\n\r\n"
-)
+#: Retry-After when handshake_rate is 0 (the burst is all an address ever gets): long
+#: enough that refused clients don't hammer, short enough to notice a config change.
+NO_REFILL_RETRY_AFTER = 60
+
+
+def refusal(rate: float) -> bytes:
+    """The canned 429: ``Retry-After`` is the time one token takes to refill at ``rate``."""
+    retry_after = max(1, math.ceil(1 / rate)) if rate > 0 else NO_REFILL_RETRY_AFTER
+    return (
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: %d\r\nContent-Length: 0\r\n"
+        b"Connection: close\r\n\r\n" % retry_after
+    )
+
 
 #: After the process runs out of file descriptors, stop accepting this long (asyncio's
 #: own policy): retrying at once would spin on the same error.
@@ -82,6 +92,7 @@ class AcceptGate:
         self.sock = sock
         self._factory = protocol_factory
         self._admission = admission
+        self.refusal = refusal(admission.config.handshake_rate)
         self._per_turn = max(1, per_turn)
         self._on_refused = on_refused
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -149,7 +160,7 @@ class AcceptGate:
         try:
             if not _DONTWAIT:
                 conn.setblocking(False)
-            conn.send(REFUSED, _DONTWAIT)  # ~100 bytes into an empty send buffer
+            conn.send(self.refusal, _DONTWAIT)  # ~100 bytes into an empty send buffer
             conn.recv(65536, _DONTWAIT)  # drain the request, so close() is a FIN, not RST
         except OSError:
             pass  # the client is gone or sent nothing yet; either way we are done

@@ -15,6 +15,12 @@ import httpx
 TETHER = [sys.executable, "-m", "tether.cli"]
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid`` now, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,9 +50,7 @@ class Proc:
         return [json.loads(line) for line in self.err if line.startswith("{")]
 
     def rss_kib(self) -> int:
-        """The process's resident memory now."""
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+        return rss_kib(self.proc.pid)
 
     async def wait(self, timeout: float = 20.0) -> int:
         code = await asyncio.wait_for(self.proc.wait(), timeout)

@@ -18,6 +18,7 @@ import time
 from tether import Hub
 
 from ..conftest import StartHub
+from ..processes import rss_kib
 
 FLOODER = r"""
 import asyncio, json, os, sys, time
@@ -84,11 +85,6 @@ QUIET_SECONDS = 4.0
 WATCHERS = 5
 
 
-def rss_kib() -> int:
-    with open(f"/proc/{os.getpid()}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
-
-
 async def publish_for(hub: Hub, seconds: float) -> tuple[float, float]:
     """Publish every 5 ms for ``seconds``; the window of publish times."""
     start = time.monotonic()
@@ -127,7 +123,7 @@ async def test_handshake_flood_is_refused_and_others_keep_their_latency(
         assert await asyncio.wait_for(watcher.stdout.readline(), 30) == b"ready\n"
         await asyncio.sleep(0.5)  # let connection set-up settle before the baseline
         quiet = [await publish_for(server.hub, QUIET_SECONDS)]
-        rss_before, cpu_before = rss_kib(), os.times()
+        rss_before, cpu_before = rss_kib(os.getpid()), os.times()
         flooder = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -140,7 +136,7 @@ async def test_handshake_flood_is_refused_and_others_keep_their_latency(
         await asyncio.sleep(0.5)
         loud = [await publish_for(server.hub, SECONDS - 1.5)]
         out, _ = await asyncio.wait_for(flooder.communicate(), 60)
-        rss_after, cpu_after = rss_kib(), os.times()
+        rss_after, cpu_after = rss_kib(os.getpid()), os.times()
         # The baseline is pooled from before and after the flood: more samples, and slow
         # drift on a shared machine (CPU clocks, neighbours) weighs on both sides alike.
         quiet.append(await publish_for(server.hub, QUIET_SECONDS))

@@ -34,13 +34,18 @@ class Gate(AcceptGate):
 
     def __init__(self, *, burst: int, per_turn: int = 32, retry_delay: float = 1.0) -> None:
         self.made: list[Greeter] = []
+        self.refused = 0
         super().__init__(
             listening_socket("127.0.0.1", 0, backlog=64),
             lambda: Greeter(self.made),
             admission=Admission(HubConfig(handshake_rate=0.001, handshake_burst=burst)),
             per_turn=per_turn,
+            on_refused=self._count_refusal,
             retry_delay=retry_delay,
         )
+
+    def _count_refusal(self) -> None:
+        self.refused += 1
 
 
 @pytest.fixture

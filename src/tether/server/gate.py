@@ -86,7 +86,7 @@ class AcceptGate:
         *,
         admission: Admission,
         per_turn: int,
-        on_refused: Callable[[], None] | None = None,
+        on_refused: Callable[[], None] | None = None,  # counts each canned 429
         retry_delay: float = ACCEPT_RETRY_DELAY,
     ) -> None:
         self.sock = sock
@@ -99,7 +99,6 @@ class AcceptGate:
         self._handoffs: set[asyncio.Task[object]] = set()
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = retry_delay
-        self.refused = 0
 
     @property
     def paused(self) -> bool:
@@ -113,7 +112,7 @@ class AcceptGate:
 
     def __repr__(self) -> str:
         state = "closed" if self._loop is None else "paused" if self.paused else "open"
-        return f"<AcceptGate {state} refused={self.refused} handing_off={self.handing_off}>"
+        return f"<AcceptGate {state} handing_off={self.handing_off}>"
 
     def open(self) -> None:
         """Start accepting in the running loop."""
@@ -154,7 +153,6 @@ class AcceptGate:
                 self._refuse(conn)
 
     def _refuse(self, conn: socket.socket) -> None:
-        self.refused += 1
         if self._on_refused is not None:
             self._on_refused()
         try:
@@ -180,12 +178,11 @@ class AcceptGate:
             logger.debug("accepted connection failed before it started: %s", exc)
 
     def _pause(self) -> None:
-        if self._loop is None:
-            return
+        assert self._loop is not None  # only the reader pauses, and it runs while open
         self._loop.remove_reader(self.sock.fileno())
         self._retry = self._loop.call_later(self._retry_delay, self._resume)
 
     def _resume(self) -> None:
+        assert self._loop is not None  # close() cancels a pending resume
         self._retry = None
-        if self._loop is not None:
-            self._loop.add_reader(self.sock.fileno(), self.accept_ready)
+        self._loop.add_reader(self.sock.fileno(), self.accept_ready)

@@ -13,12 +13,13 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
+from websockets.asyncio.server import serve
 
 from tether import Hub
 from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
-from .support import eventually, hub_options
+from .support import BrokenHub, eventually, hub_options
 
 _skipped: list[str] = []
 
@@ -93,3 +94,13 @@ async def refusing_server() -> AsyncIterator[RefusingServer]:
     yield refusing
     server.should_exit = True
     await task
+
+
+@pytest.fixture
+async def broken_hub() -> AsyncIterator[BrokenHub]:
+    """A server that sends the frames a test puts in ``broken_hub.frames`` (see BrokenHub)."""
+    hub = BrokenHub()
+    async with serve(hub.handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        hub.url = f"ws://127.0.0.1:{port}/ws"
+        yield hub

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tether import Client, Delivery, Gap, State
+from tether import Client, Delivery, Gap, Hub, State
+from tether.server.serve import HubServer
 
 #: The scalable time unit, in seconds.
 T = float(os.environ.get("TETHER_TEST_TIME_UNIT", "0.1"))
@@ -112,3 +115,68 @@ class Recorder:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class ThreadedHub:
+    """A real hub on its own event loop in a thread, for synchronous (Hypothesis) tests.
+
+    ``call`` runs a coroutine on that loop and waits for its result.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = HubServer(Hub(**hub_options(**options)))
+        self.call(self.server.start())
+
+    def call(self, coro: Any, *, timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class BrokenHub:
+    """A real WebSocket server speaking just enough of the protocol to send bad messages.
+
+    It welcomes, answers a subscribe to ``t`` with head 0, then writes ``frames`` as
+    text frames exactly as given (no UTF-8 check), and records ``undeliverable``
+    reports. It stands for an older or buggy hub: Tether's own never sends these.
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.reports: list[dict[str, Any]] = []
+        self.url = ""
+
+    async def handler(self, ws: Any) -> None:
+        welcome = {
+            "type": "welcome",
+            "version": 1,
+            "session": "s-broken",
+            "heartbeat_ms": 60_000,
+            "heartbeat_timeout_ms": 60_000,
+            "limits": {"max_frame_bytes": 65536, "max_subscriptions": 100, "dedup_window": 100},
+            "ts": 0,
+        }
+        await ws.send(json.dumps(welcome))
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame["type"] == "subscribe":
+                await ws.send(
+                    '{"type":"subscribed","topic":"t","epoch":"E","head":0,"recovered":true,'
+                    '"missing":[]}'
+                )
+                for data in self.frames:
+                    await ws.send(data, text=True)
+            elif frame["type"] == "undeliverable":
+                self.reports.append(frame)
+
+
+def bad_message(offset: int, data: bytes) -> bytes:
+    """A ``message`` frame for topic ``t``, epoch ``E``, with ``data`` spliced in as is."""
+    head = b'{"type":"message","topic":"t","epoch":"E","offset":' + str(offset).encode()
+    return head + b',"ts":0,"data":' + data + b"}"

@@ -72,7 +72,9 @@ class HubConfig:
     max_topics: int = _field(
         100_000,
         "Caps topic bookkeeping memory. Past it, idle topics (no subscribers) are evicted "
-        "oldest-first; a later resume of an evicted topic is reported as a gap, never silent.",
+        "least recently used first, in O(1); a later resume of an evicted topic is reported "
+        "as a gap, never silent. With every topic in use, a new one is refused "
+        "(too_many_topics).",
     )
     dedup_window: int = _field(
         10_000,
@@ -88,7 +90,14 @@ class HubConfig:
     max_frame_bytes: int = _field(
         65_536,
         "Client frames are commands, not bulk data; 64 KiB bounds per-frame parsing memory. "
-        "Bigger frames are closed with 1009.",
+        "Bigger frames are closed with 1009. Also the largest payload anyone may publish "
+        "(HTTP, WebSocket or in process), so every message fits every client's frame cap.",
+    )
+    max_payload_depth: int = _field(
+        32,
+        "Nesting of a published payload (arrays and objects). Real documents stay under ten; "
+        "every client decodes recursively, so the cap keeps a hostile payload from "
+        "exhausting a subscriber's stack.",
     )
     max_subscriptions: int = _field(
         100, "Per connection. Dashboards use a handful; caps per-connection fan-out state."

@@ -22,6 +22,8 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN = "forbidden"
     INVALID_TOKEN = "invalid_token"
     RATE_LIMITED = "rate_limited"
+    INVALID_PAYLOAD = "invalid_payload"
+    TOO_MANY_TOPICS = "too_many_topics"
 
 
 class CloseCode(enum.IntEnum):
@@ -55,14 +57,24 @@ class ProtocolError(TetherError):
     """A frame could not be decoded or did not match the schema.
 
     ``code`` is the :class:`ErrorCode` to report to the peer and ``ref`` the
-    offending frame's ``id`` or ``topic`` when it could be read.
+    offending frame's ``id`` or ``topic`` when it could be read. ``nack_id`` is set
+    when the frame was a ``send``/``publish`` with a readable id: it is answered with
+    a ``nack`` for that id, so the sender stops retrying it.
     """
 
-    def __init__(self, code: ErrorCode, message: str, *, ref: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        ref: str | None = None,
+        nack_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.ref = ref
+        self.nack_id = nack_id
 
 
 class Reject(TetherError):

@@ -7,11 +7,13 @@ frame is validated against the schema by msgspec; anything else raises
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import msgspec
 
 from .errors import ErrorCode, ProtocolError
+from .payload import SURROGATE_MESSAGE, replace_surrogate_escapes
 
 PROTOCOL_VERSION = 1
 
@@ -70,13 +72,22 @@ class Publish(_Frame, tag="publish"):
     data: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
 
 
+class Undeliverable(_Frame, tag="undeliverable"):
+    """The client got this message but could not decode it, and stepped over it."""
+
+    topic: Topic
+    epoch: Epoch
+    offset: Offset
+    reason: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
 class Auth(_Frame, tag="auth"):
     """A fresh token for the live connection (see docs/protocol.md)."""
 
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=16_384)]
 
 
-ClientFrame = Subscribe | Unsubscribe | Send | Publish | Auth | Ping | Pong
+ClientFrame = Subscribe | Unsubscribe | Send | Publish | Auth | Undeliverable | Ping | Pong
 
 # --- hub -> client --------------------------------------------------------------------------
 
@@ -96,16 +107,23 @@ class Welcome(_Frame, tag="welcome"):
     ts: int
 
 
-class Gap(msgspec.Struct, kw_only=True):
+class Gap(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Offsets ``start..end`` (inclusive) of ``epoch`` that will never be delivered.
 
     ``end`` is ``None`` when that epoch's history is gone: every offset from
-    ``start`` on is lost and nobody can say where the epoch ended.
+    ``start`` on is lost and nobody can say where the epoch ended. ``reason`` is
+    ``None`` when history no longer holds them, :data:`UNDELIVERABLE` when they
+    arrived but this client could not decode them.
     """
 
     epoch: str
     start: int = msgspec.field(name="from")
     end: int | None = msgspec.field(name="to")
+    reason: str | None = None
+
+
+#: ``Gap.reason`` of a message that arrived but could not be decoded (and was stepped over).
+UNDELIVERABLE = "undeliverable"
 
 
 class Subscribed(_Frame, tag="subscribed"):
@@ -162,14 +180,40 @@ _client_decoder = msgspec.json.Decoder(ClientFrame)
 _server_decoder = msgspec.json.Decoder(ServerFrame)
 
 
-class _RefProbe(msgspec.Struct):
-    """Reads ``id``/``topic`` out of an invalid frame so the error can point at it."""
+#: The start of every ``message`` frame the hub writes: compact, fields in this order
+#: (docs/protocol.md, "Undecodable messages"). It names the offset even when ``data``
+#: can't be parsed, so a client can step over that one message instead of failing.
+_ENVELOPE = re.compile(
+    rb'^\{"type":"message","topic":"([A-Za-z0-9_.:/*\-]{1,200})","epoch":"([^"\\]{1,64})",'
+    rb'"offset":([1-9][0-9]{0,15}),'
+)
 
+
+def message_envelope(data: bytes | str) -> tuple[str, str, int] | None:
+    """``(topic, epoch, offset)`` of a ``message`` frame whose payload failed to decode."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    match = _ENVELOPE.match(raw)
+    if match is None:
+        return None
+    topic, epoch, offset = match.groups()
+    try:
+        return topic.decode(), epoch.decode(), int(offset)
+    except UnicodeDecodeError:
+        return None  # an epoch that is not even UTF-8: not a frame from a Tether hub
+
+
+class _RefProbe(msgspec.Struct):
+    """Reads ``type``/``id``/``topic`` out of an invalid frame so the answer can name it."""
+
+    type: Any = None
     id: Any = None
     topic: Any = None
 
 
 _probe_decoder = msgspec.json.Decoder(_RefProbe)
+#: Frames answered with ``ack``/``nack``: an invalid one is nacked, so the sender's outbox
+#: resolves it instead of retrying a frame that can never succeed.
+_ACKED_TYPES = frozenset({"send", "publish"})
 
 
 def encode(frame: _Frame) -> bytes:
@@ -185,26 +229,43 @@ def encode_data(value: Any) -> msgspec.Raw:
         raise TypeError(f"payload is not JSON-serialisable: {exc}") from None
 
 
-def _ref_of(data: bytes | str) -> str | None:
+def _refusal(code: ErrorCode, message: str, data: bytes | str) -> ProtocolError:
+    """A :class:`ProtocolError` naming the frame (``ref``, ``nack_id``) when it can be read."""
     try:
         probe = _probe_decoder.decode(data)
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    for value in (probe.id, probe.topic):
-        if isinstance(value, str) and len(value) <= 200:
-            return value
-    return None
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return ProtocolError(code, message)
+    ref = next((v for v in (probe.id, probe.topic) if isinstance(v, str) and len(v) <= 200), None)
+    nack_id = None
+    acked = isinstance(probe.type, str) and probe.type in _ACKED_TYPES
+    if acked and isinstance(probe.id, str) and 1 <= len(probe.id) <= 64:
+        nack_id = probe.id
+    return ProtocolError(code, message, ref=ref, nack_id=nack_id)
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str) -> Any:
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
-        raise ProtocolError(ErrorCode.INVALID_FRAME, str(exc), ref=_ref_of(data)) from None
+        raise _refusal(ErrorCode.INVALID_FRAME, str(exc), data) from None
     except msgspec.DecodeError as exc:
+        sanitized = replace_surrogate_escapes(data)
+        if sanitized is not None:
+            try:
+                frame = decoder.decode(sanitized)
+            except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+                pass  # broken for other reasons too
+            else:
+                code = ErrorCode.INVALID_FRAME
+                if isinstance(frame, Publish):
+                    code = ErrorCode.INVALID_PAYLOAD
+                raise _refusal(code, f"frame {SURROGATE_MESSAGE}", sanitized) from None
         raise ProtocolError(ErrorCode.INVALID_JSON, str(exc)) from None
     except RecursionError:
         raise ProtocolError(ErrorCode.INVALID_JSON, "JSON nested too deeply") from None
+    except UnicodeDecodeError:
+        # msgspec raises this, not DecodeError, for invalid UTF-8 inside a string.
+        raise _refusal(ErrorCode.INVALID_JSON, "frame is not valid UTF-8", data) from None
 
 
 def decode_client_frame(data: bytes | str) -> ClientFrame:

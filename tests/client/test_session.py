@@ -203,3 +203,65 @@ def test_messages_for_unknown_topics_are_ignored() -> None:
     s = session()
     events, _ = s.receive(msg(1, topic="other"), now=0)
     assert events == []
+
+
+def raw_msg(offset: int, data: bytes, *, epoch: str = "E") -> bytes:
+    """A message frame exactly as a (broken or older) hub might write it."""
+    return (
+        b'{"type":"message","topic":"t","epoch":"'
+        + epoch.encode()
+        + b'","offset":'
+        + str(offset).encode()
+        + b',"ts":0,"data":'
+        + data
+        + b"}"
+    )
+
+
+def test_an_undecodable_message_is_reported_as_a_gap_with_a_reason_and_stepped_over() -> None:
+    # Issue 13.1/13.2: invalid UTF-8 raised out of receive() and killed the reader; a
+    # number out of range was dropped and later misreported as history loss.
+    s = session()
+    s.receive(subscribed(1), now=0)
+    for offset, data in ((2, b'["\xff"]'), (3, b"[1e400]"), (4, b"[" + b"9" * 5000 + b"]")):
+        events, replies = s.receive(raw_msg(offset, data), now=0)
+        assert events == [
+            Resync(
+                "t",
+                [Gap(epoch="E", start=offset, end=offset, reason="undeliverable")],
+                Cursor(epoch="E", offset=offset),
+            )
+        ]
+        report = json.loads(replies[0])
+        assert report["type"] == "undeliverable"
+        assert (report["topic"], report["epoch"], report["offset"]) == ("t", "E", offset)
+        assert report["reason"]
+    # The next message is delivered with no further gap, and a replay of a stepped-over
+    # offset is a duplicate, not a new report (no loop).
+    events, _ = s.receive(msg(5), now=0)
+    assert [type(e) for e in events] == [Delivery]
+    assert s.receive(raw_msg(3, b"[1e400]"), now=0) == ([], [])
+    assert s.counters.undeliverable == 3
+
+
+def test_an_undecodable_message_after_a_gap_reports_both() -> None:
+    s = session()
+    s.receive(subscribed(1), now=0)
+    events, _ = s.receive(raw_msg(4, b'"\xff"'), now=0)
+    assert events == [
+        Resync(
+            "t",
+            [
+                Gap(epoch="E", start=2, end=3),
+                Gap(epoch="E", start=4, end=4, reason="undeliverable"),
+            ],
+            Cursor(epoch="E", offset=4),
+        )
+    ]
+
+
+def test_invalid_utf8_outside_a_message_is_an_error_event_not_an_exception() -> None:
+    s = session()
+    events, replies = s.receive(b'{"type":"error","code":"x","message":"\xff"}', now=0)
+    assert [type(e) for e in events] == [ServerError]
+    assert replies == []

@@ -20,7 +20,7 @@ from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
 from ..conftest import RefusingServer, StartHub
-from ..support import Recorder, T, eventually, hub_options
+from ..support import BrokenHub, Recorder, T, bad_message, eventually, hub_options
 
 
 def proxy_url(proxy: ChaosProxy) -> str:
@@ -302,4 +302,27 @@ async def test_s12_nack_for_unknown_event(hub_server: HubServer) -> None:
     with pytest.raises(NackError) as info:
         await rec.client.send("nobody.listens", {})
     assert info.value.code == "no_handler"
+    await rec.close()
+
+
+async def test_s13_undecodable_message_is_reported_and_stepped_over(
+    broken_hub: BrokenHub,
+) -> None:
+    # A hub that predates the payload rule (or a bug) sends what this client can't decode.
+    # It used to kill the reader (UnicodeDecodeError) with the state stuck at "connected".
+    broken_hub.frames = [
+        bad_message(1, b'{"s":"\xff"}'),
+        bad_message(2, b"[1e400]"),
+        bad_message(3, b'{"ok":true}'),
+    ]
+    rec = Recorder(broken_hub.url)
+    await rec.subscribed("t")
+    await eventually(lambda: rec.offsets("t") == [3], what="the decodable message")
+    assert [gap.reason for _, gaps in rec.resyncs for gap in gaps] == ["undeliverable"] * 2
+    assert [(gap.start, gap.end) for _, gaps in rec.resyncs for gap in gaps] == [(1, 1), (2, 2)]
+    await eventually(lambda: len(broken_hub.reports) == 2, what="both reports")
+    assert [r["offset"] for r in broken_hub.reports] == [1, 2]
+    assert rec.client.state is State.CONNECTED
+    assert rec.reconnects == 0
+    assert rec.client.cursor("t").offset == 3  # type: ignore[union-attr]
     await rec.close()

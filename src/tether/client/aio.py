@@ -66,8 +66,17 @@ MessageHandler = Callable[[Delivery], Awaitable[None] | None]
 ResyncHandler = Callable[[str, list[Gap]], Awaitable[None] | None]
 StateHandler = Callable[[State, State], None]
 ReconnectHandler = Callable[[], Awaitable[None] | None]
-ErrorHandler = Callable[[str, str], None]
+ErrorHandler = Callable[[str, str], Awaitable[None] | None]
 TokenSource = Callable[[], Awaitable[str] | str]
+
+#: ``on_error`` code for a bug inside the client itself. It is logged with its traceback
+#: and the connection is failed and re-established, so no task is left dead behind a
+#: ``connected`` state; subscriptions resume from their cursors.
+CLIENT_ERROR = "client_error"
+
+#: Async ``on_error`` callbacks still running; past it new ones are logged and skipped, so
+#: a hung callback and a burst of errors cannot pile up tasks without bound.
+MAX_ERROR_CALLBACKS = 64
 
 #: Refresh a token once this fraction of its lifetime has passed: early enough to absorb
 #: a slow identity provider and clock skew, late enough not to hammer it.
@@ -110,6 +119,7 @@ class ClientMetrics:
     messages_recovered: int
     duplicates_dropped: int
     resyncs: int
+    undeliverable: int
     outbox_size: int
     rtt: float | None
     next_retry_in: float | None
@@ -186,6 +196,7 @@ class Client:
         self._delivered: dict[str, Cursor] = {}
         self._inbox: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=INBOX_SIZE)
         self._dispatcher: asyncio.Task[None] | None = None
+        self._error_callbacks: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
         self._write_lock = asyncio.Lock()
@@ -239,6 +250,7 @@ class Client:
             messages_recovered=c.messages_recovered,
             duplicates_dropped=c.duplicates_dropped,
             resyncs=c.resyncs,
+            undeliverable=c.undeliverable,
             outbox_size=len(self._session.outbox),
             rtt=c.rtt,
             next_retry_in=next_in,
@@ -263,7 +275,7 @@ class Client:
             return
         self._machine.fire(Trigger.START)
         loop = asyncio.get_running_loop()
-        self._dispatcher = loop.create_task(self._dispatch_loop(), name="tether-dispatch")
+        self._start_dispatcher()
         self._task = loop.create_task(self._run(), name="tether-client")
 
     async def connect(self, *, timeout: float | None = None) -> None:
@@ -358,8 +370,13 @@ class Client:
         for task in (self._task, self._dispatcher):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:
+                    # Supervision restarts what crashes, so this is a bug: say so, close anyway.
+                    logger.exception("client task %s had crashed", task.get_name())
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
         for item in self._session.outbox.clear():
@@ -461,7 +478,12 @@ class Client:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            delay = await self._attempt()
+            try:
+                delay = await self._attempt()
+            except Exception:
+                logger.exception("internal error in a connection attempt; retrying")
+                self._internal_error("connection loop")
+                delay = self._attempt_crashed()
             waiting = self.state in (State.RECONNECTING, State.CONNECTING)
             if delay is not None and waiting and not self._retry_requested:
                 await self._sleep(delay)
@@ -483,6 +505,20 @@ class Client:
             self._machine.fire(Trigger.ATTEMPT_FAILED)
             return exc.hint if exc.hint is not None else self._backoff()
         return await self._serve(ws)
+
+    def _attempt_crashed(self) -> float | None:
+        """After a bug in :meth:`_attempt`: count it as a failed attempt, then back off."""
+        if self.state is State.CLOSED or self._retry_requested:
+            return None
+        if self.state is State.CONNECTED:
+            self._machine.fire(Trigger.DROPPED)
+            return self._backoff()
+        self._failed_reconnects += 1
+        if self._attempts >= self.config.max_attempts:
+            self._trip()
+            return None
+        self._machine.fire(Trigger.ATTEMPT_FAILED)
+        return self._backoff()
 
     def _trip(self) -> None:
         self._circuit_trips += 1
@@ -563,8 +599,8 @@ class Client:
             return None
         self._machine.fire(Trigger.OPENED)
         frames = self._session.connection_opened(now=time.monotonic())
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(ws))
-        refresher = asyncio.get_running_loop().create_task(self._refresh_token(ws))
+        heartbeat = self._supervised(self._heartbeat(ws), ws, "heartbeat")
+        refresher = self._supervised(self._refresh_token(ws), ws, "token refresh")
         try:
             await self._write(frames, ws=ws, flush_outbox=False)
             if reconnect:
@@ -581,6 +617,10 @@ class Client:
                         self._handle_now(event)
         except ConnectionClosed:
             pass
+        except Exception:
+            logger.exception("internal error reading the connection; reconnecting")
+            self._internal_error("reader")
+            ws.transport.abort()
         finally:
             heartbeat.cancel()
             refresher.cancel()
@@ -696,8 +736,70 @@ class Client:
             self._schedule_expiry()
         elif isinstance(event, ServerError):
             logger.warning("hub error %s: %s (ref=%s)", event.code, event.message, event.ref)
-            if self.on_error is not None:
-                self.on_error(event.code, event.message)
+            self._report_error(event.code, event.message)
+
+    # --- supervision --------------------------------------------------------------------
+
+    def _report_error(self, code: str, message: str) -> None:
+        """Call ``on_error`` (sync or async); its own failure is logged, never raised."""
+        if self.on_error is None:
+            return
+        try:
+            result = self.on_error(code, message)
+        except Exception:
+            logger.exception("on_error callback failed")
+            return
+        if not inspect.isawaitable(result):
+            return
+        if len(self._error_callbacks) >= MAX_ERROR_CALLBACKS:
+            logger.warning(
+                "%d on_error callbacks still running; not starting another", MAX_ERROR_CALLBACKS
+            )
+            if inspect.iscoroutine(result):
+                result.close()
+            return
+        future = asyncio.ensure_future(result)
+        self._error_callbacks.add(future)
+        future.add_done_callback(self._error_callback_done)
+
+    def _error_callback_done(self, future: asyncio.Future[None]) -> None:
+        self._error_callbacks.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("on_error callback failed", exc_info=future.exception())
+
+    def _internal_error(self, where: str) -> None:
+        """A bug in the client (already logged with its traceback): tell the app."""
+        self._last_error = f"internal error in the {where} (see the log)"
+        self._report_error(CLIENT_ERROR, self._last_error)
+
+    def _supervised(
+        self, coro: Awaitable[None], ws: ClientConnection, name: str
+    ) -> asyncio.Task[None]:
+        """A connection's helper task: if it crashes, the connection is failed (and resumed)."""
+        task = asyncio.ensure_future(coro)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None:
+                logger.error("the %s task crashed; failing the connection", name, exc_info=exc)
+                self._internal_error(name)
+                ws.transport.abort()
+
+        task.add_done_callback(ended)
+        return task
+
+    def _start_dispatcher(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._dispatch_loop(), name="tether-dispatch")
+        task.add_done_callback(self._dispatcher_ended)
+        self._dispatcher = task
+
+    def _dispatcher_ended(self, task: asyncio.Task[None]) -> None:
+        """The dispatcher never ends on its own: if it crashed, log, report and restart it."""
+        if task.cancelled() or self.state is State.CLOSED or task is not self._dispatcher:
+            return
+        logger.error("the dispatcher crashed; restarting it", exc_info=task.exception())
+        self._internal_error("dispatcher")
+        self._start_dispatcher()
 
     async def _callback(self, fn: Callable[..., Awaitable[None] | None], *args: Any) -> None:
         try:

@@ -21,7 +21,9 @@ from typing import Any
 
 from ..errors import ProtocolError
 from ..outbox import Outbox, OutboxItem
+from ..payload import encode_payload
 from ..protocol import (
+    UNDELIVERABLE,
     Ack,
     Authed,
     Cursor,
@@ -35,12 +37,14 @@ from ..protocol import (
     Send,
     Subscribe,
     Subscribed,
+    Undeliverable,
     Unsubscribe,
     Unsubscribed,
     Welcome,
     decode_server_frame,
     encode,
     encode_data,
+    message_envelope,
 )
 
 # --- events handed to the driver ------------------------------------------------------------
@@ -118,6 +122,7 @@ class Counters:
     messages_recovered: int = 0
     duplicates_dropped: int = 0
     resyncs: int = 0
+    undeliverable: int = 0
     protocol_errors: int = 0
     rtt: float | None = None
     last_heartbeat: float | None = None
@@ -207,7 +212,8 @@ class ClientSession:
         self, topic: str, data: Any, *, expires_at: float, key: str | None = None
     ) -> OutboxItem:
         id = self.new_id()
-        frame = encode(Publish(id=id, topic=topic, data=encode_data(data)))
+        # The hub enforces the payload rule too; checking here fails fast, before queueing.
+        frame = encode(Publish(id=id, topic=topic, data=encode_payload(data)))
         return OutboxItem(id=id, frame=frame, expires_at=expires_at, key=key)
 
     def take_unsent(self) -> list[bytes]:
@@ -264,8 +270,11 @@ class ClientSession:
         try:
             frame = decode_server_frame(data)
         except ProtocolError as exc:
-            # A hub that speaks garbage is a bug worth surfacing, not a reason to drop data.
             self.counters.protocol_errors += 1
+            envelope = message_envelope(data)
+            if envelope is not None:
+                return self._on_undeliverable(*envelope, why=exc.message)
+            # A hub that speaks garbage is a bug worth surfacing, not a reason to drop data.
             return [ServerError(exc.code, exc.message, None)], []
         if isinstance(frame, Message):
             return self._on_message(frame), []
@@ -318,31 +327,55 @@ class ClientSession:
             events.append(Resync(reply.topic, list(reply.missing), sub.cursor))
         return events
 
+    @staticmethod
+    def _gaps_before(cursor: Cursor, epoch: str, offset: int) -> list[Gap] | None:
+        """What is lost between ``cursor`` and ``offset`` of ``epoch``; ``None``: a duplicate."""
+        if epoch == cursor.epoch:
+            if offset <= cursor.offset:
+                return None
+            if offset > cursor.offset + 1:
+                return [Gap(epoch=epoch, start=cursor.offset + 1, end=offset - 1)]
+            return []
+        gaps = [Gap(epoch=cursor.epoch, start=cursor.offset + 1, end=None)]
+        if offset > 1:
+            gaps.append(Gap(epoch=epoch, start=1, end=offset - 1))
+        return gaps
+
+    def _on_undeliverable(
+        self, topic: str, epoch: str, offset: int, *, why: str
+    ) -> tuple[list[Event], list[bytes]]:
+        """A message that arrived but can't be decoded: report it lost, step over it.
+
+        Waiting for it would wait for ever (a replay brings the same bytes), so the
+        offset is reported as a gap with a reason, the cursor moves past it and the
+        hub is told (it counts these).
+        """
+        sub = self._subs.get(topic)
+        if sub is None or sub.cursor is None:
+            return [], []
+        gaps = self._gaps_before(sub.cursor, epoch, offset)
+        if gaps is None:
+            self.counters.duplicates_dropped += 1
+            return [], []
+        gaps.append(Gap(epoch=epoch, start=offset, end=offset, reason=UNDELIVERABLE))
+        sub.cursor = Cursor(epoch=epoch, offset=offset)
+        self.counters.resyncs += 1
+        self.counters.undeliverable += 1
+        report = Undeliverable(topic=topic, epoch=epoch, offset=offset, reason=why[:200])
+        return [Resync(topic, gaps, sub.cursor)], [encode(report)]
+
     def _on_message(self, msg: Message) -> list[Event]:
         sub = self._subs.get(msg.topic)
         if sub is None or sub.cursor is None:
             return []  # not (or no longer) subscribed
-        cursor = sub.cursor
+        gaps = self._gaps_before(sub.cursor, msg.epoch, msg.offset)
+        if gaps is None:
+            self.counters.duplicates_dropped += 1
+            return []
         events: list[Event] = []
-        if msg.epoch == cursor.epoch:
-            if msg.offset <= cursor.offset:
-                self.counters.duplicates_dropped += 1
-                return []
-            if msg.offset > cursor.offset + 1:
-                events.append(
-                    Resync(
-                        msg.topic,
-                        [Gap(epoch=msg.epoch, start=cursor.offset + 1, end=msg.offset - 1)],
-                        Cursor(epoch=msg.epoch, offset=msg.offset - 1),
-                    )
-                )
-        else:
-            gaps = [Gap(epoch=cursor.epoch, start=cursor.offset + 1, end=None)]
-            if msg.offset > 1:
-                gaps.append(Gap(epoch=msg.epoch, start=1, end=msg.offset - 1))
-            events.append(Resync(msg.topic, gaps, Cursor(epoch=msg.epoch, offset=msg.offset - 1)))
-        if events:
+        if gaps:
             self.counters.resyncs += 1
+            events.append(Resync(msg.topic, gaps, Cursor(epoch=msg.epoch, offset=msg.offset - 1)))
         sub.cursor = Cursor(epoch=msg.epoch, offset=msg.offset)
         recovered = msg.epoch == sub.replay_epoch and msg.offset <= sub.replay_head
         self.counters.messages_received += 1

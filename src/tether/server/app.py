@@ -23,7 +23,9 @@ from starlette.websockets import WebSocket
 
 from ..auth import Action, AuthError
 from ..errors import CloseCode, ErrorCode
+from ..payload import SURROGATE_MESSAGE, InvalidPayload, replace_surrogate_escapes
 from ..protocol import Topic
+from .broker import TooManyTopics
 from .fastws import RAW_LINK_EXTENSION, RawLink
 from .links import Link, QueuedAsgiLink, RawTransportLink
 from .metrics import make_registry, render
@@ -163,11 +165,21 @@ def create_app(hub: Hub) -> Starlette:
         except msgspec.ValidationError as exc:
             return _error(400, ErrorCode.INVALID_FRAME, str(exc))
         except msgspec.DecodeError as exc:
+            if replace_surrogate_escapes(bytes(body)) is not None:
+                hub.stats.payloads_refused += 1
+                return _error(400, ErrorCode.INVALID_PAYLOAD, f"the body {SURROGATE_MESSAGE}")
             return _error(400, ErrorCode.INVALID_JSON, str(exc))
+        except UnicodeDecodeError:
+            return _error(400, ErrorCode.INVALID_JSON, "the body is not valid UTF-8")
         denial = publish_denial(request, req.topic)
         if denial is not None:
             return denial
-        entry = hub.publish_raw(req.topic, req.data)
+        try:
+            entry = hub.publish_raw(req.topic, req.data)
+        except InvalidPayload as exc:
+            return _error(400, exc.code, exc.message)
+        except TooManyTopics as exc:
+            return _error(503, exc.code, exc.message)
         epoch = hub.broker.log(req.topic).epoch
         return JSONResponse({"topic": req.topic, "offset": entry.offset, "epoch": epoch})
 

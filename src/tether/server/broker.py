@@ -2,18 +2,23 @@
 
 Single-node hubs keep history here. Topics are created on first use with a
 fresh random epoch, so a restarted hub never mistakes its new offsets for the
-old ones. Past ``max_topics``, idle topics (no local subscribers) are evicted
-least-recently-used first; a later resume of one is reported as a gap.
+old ones. The hub tells the broker which topics are in use (``retain`` on a
+topic's first local subscriber, ``release`` on its last); past ``max_topics``
+the least recently used idle topic is evicted, and a later resume of it is
+reported as a gap. Idle topics sit in their own LRU, so creating a topic costs
+O(1) however many are held. When every topic is in use a new one is refused
+(:class:`TooManyTopics`): evicting a topic with subscribers would silently
+restart its offsets under their feet.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
 
 import msgspec
 
+from ..errors import ErrorCode, TetherError
 from ..history import Entry, Replay, TopicLog
 from ..protocol import Cursor
 
@@ -23,52 +28,75 @@ def new_epoch() -> str:
     return secrets.token_hex(6)
 
 
-class MemoryBroker:
-    __slots__ = ("_topics", "history_size", "history_ttl", "is_busy", "max_topics")
+class TooManyTopics(TetherError):
+    """Every one of ``max_topics`` topics is in use: a new topic can't be created."""
 
-    def __init__(
-        self,
-        *,
-        history_size: int,
-        history_ttl: float,
-        max_topics: int,
-        is_busy: Callable[[str], bool] = lambda topic: False,
-    ) -> None:
+    code = ErrorCode.TOO_MANY_TOPICS
+
+    def __init__(self, max_topics: int) -> None:
+        self.message = (
+            f"the hub holds its limit of {max_topics} topics and every one has subscribers; "
+            "no new topic can be created until one is released (max_topics)"
+        )
+        super().__init__(self.message)
+
+
+class MemoryBroker:
+    __slots__ = ("_idle", "_topics", "history_size", "history_ttl", "max_topics")
+
+    def __init__(self, *, history_size: int, history_ttl: float, max_topics: int) -> None:
         self.history_size = history_size
         self.history_ttl = history_ttl
         self.max_topics = max_topics
-        #: Whether a topic has local subscribers (never evicted); set by the hub using it.
-        self.is_busy = is_busy
-        self._topics: OrderedDict[str, TopicLog] = OrderedDict()
+        self._topics: dict[str, TopicLog] = {}
+        #: Topics without local subscribers, least recently used first (the eviction order).
+        self._idle: OrderedDict[str, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._topics)
 
     def __repr__(self) -> str:
-        return f"<MemoryBroker topics={len(self._topics)} history={self.history_size}>"
+        return (
+            f"<MemoryBroker topics={len(self._topics)} idle={len(self._idle)} "
+            f"history={self.history_size}>"
+        )
 
     def log(self, topic: str) -> TopicLog:
-        """The topic's log, created on first use; marks it recently used."""
+        """The topic's log, created on first use; marks it recently used.
+
+        Raises :class:`TooManyTopics` when it would have to be created and every
+        topic held is in use.
+        """
         log = self._topics.get(topic)
-        if log is None:
-            log = self._topics[topic] = TopicLog(
-                topic, epoch=new_epoch(), max_size=self.history_size, max_age=self.history_ttl
-            )
-            self._evict()
-        else:
-            self._topics.move_to_end(topic)
+        if log is not None:
+            if topic in self._idle:
+                self._idle.move_to_end(topic)
+            return log
+        if len(self._topics) >= self.max_topics:
+            if not self._idle:
+                raise TooManyTopics(self.max_topics)
+            evicted, _ = self._idle.popitem(last=False)
+            del self._topics[evicted]
+        log = self._topics[topic] = TopicLog(
+            topic, epoch=new_epoch(), max_size=self.history_size, max_age=self.history_ttl
+        )
+        self._idle[topic] = None
         return log
 
-    def _evict(self) -> None:
-        excess = len(self._topics) - self.max_topics
-        if excess <= 0:
-            return
-        for name in list(self._topics):
-            if excess <= 0:
-                break
-            if not self.is_busy(name):
-                del self._topics[name]
-                excess -= 1
+    def retain(self, topic: str) -> None:
+        """``topic`` got its first local subscriber: never evict it while it has one."""
+        self._idle.pop(topic, None)
+
+    def release(self, topic: str) -> None:
+        """``topic`` lost its last local subscriber: it may be evicted, most recent last."""
+        if topic in self._topics:
+            self._idle[topic] = None
+            self._idle.move_to_end(topic)
+
+    def release_all(self) -> None:
+        """A new hub took this broker over: none of its topics has a local subscriber yet."""
+        for topic in self._topics:
+            self._idle[topic] = None
 
     def publish(self, topic: str, data: msgspec.Raw, *, now: float) -> Entry:
         return self.log(topic).append(data, now=now)

@@ -49,6 +49,7 @@ from ..config import HubConfig, from_env
 from ..dedup import DedupWindow
 from ..errors import CloseCode, ErrorCode, Reject
 from ..history import Entry
+from ..payload import InvalidPayload, check_payload, encode_payload
 from ..protocol import (
     Ack,
     Authed,
@@ -63,10 +64,11 @@ from ..protocol import (
     encode_data,
 )
 from .admission import Admission, Refusal
-from .broker import MemoryBroker
+from .broker import MemoryBroker, TooManyTopics
 from .links import Batch, Link
 from .session import (
     Command,
+    CountUndeliverable,
     DoAuth,
     DoSend,
     DoSubscribe,
@@ -141,6 +143,9 @@ class HubStats:
     forbidden: int = 0
     sends_handled: int = 0
     sends_deduplicated: int = 0
+    payloads_refused: int = 0
+    undeliverable: int = 0
+    internal_errors: int = 0
 
 
 class _LinkState:
@@ -178,7 +183,8 @@ class Hub:
             broker = MemoryBroker(
                 history_size=c.history_size, history_ttl=c.history_ttl, max_topics=c.max_topics
             )
-        broker.is_busy = self._subscribers.__contains__
+        else:
+            broker.release_all()  # this hub's subscribers are the only ones that count
         self.broker = broker
         self._links: dict[Link, _LinkState] = {}
         self._handlers: dict[str, Handler] = {}
@@ -273,15 +279,43 @@ class Hub:
         return None if self.authenticator is None else link.identity.subject
 
     async def publish(self, topic: str, data: Any) -> int:
-        """Publish ``data`` (any JSON value) to ``topic``; returns its offset."""
+        """Publish ``data`` (any JSON value) to ``topic``; returns its offset.
+
+        Raises ``ValueError`` for a bad topic or a payload that not every client could
+        decode (:class:`~tether.payload.InvalidPayload`: unsafe integers, NaN/Infinity,
+        unpaired surrogates, too deep or too big), ``TypeError`` for a value JSON can't
+        hold, and :class:`~tether.server.broker.TooManyTopics` when the topic table is
+        full of topics in use.
+        """
         return self.publish_nowait(topic, data).offset
 
     def publish_nowait(self, topic: str, data: Any) -> Entry:
         """Synchronous :meth:`publish`, for code that is not a coroutine."""
-        return self.publish_raw(validate_topic(topic), encode_data(data))
+        c = self.config
+        topic = validate_topic(topic)
+        try:
+            raw = encode_payload(data, max_depth=c.max_payload_depth, max_bytes=c.max_frame_bytes)
+        except InvalidPayload:
+            self.stats.payloads_refused += 1
+            raise
+        return self._publish(topic, raw)
 
     def publish_raw(self, topic: str, data: msgspec.Raw) -> Entry:
-        """Publish already-encoded JSON to an already-validated topic."""
+        """Publish JSON text from outside (HTTP, WebSocket) to an already-validated topic.
+
+        Raises :class:`~tether.payload.InvalidPayload` for a payload that breaks the
+        payload rule (docs/protocol.md) and :class:`~tether.server.broker.TooManyTopics`
+        when the topic can't be created; either way nothing is published.
+        """
+        c = self.config
+        try:
+            check_payload(bytes(data), max_depth=c.max_payload_depth, max_bytes=c.max_frame_bytes)
+        except InvalidPayload:
+            self.stats.payloads_refused += 1
+            raise
+        return self._publish(topic, data)
+
+    def _publish(self, topic: str, data: msgspec.Raw) -> Entry:
         entry = self.broker.publish(topic, data, now=time.time())
         self.stats.publishes += 1
         if topic in self._subscribers:
@@ -322,12 +356,22 @@ class Hub:
         batch = Batch(frames)
         # A slow consumer may be removed from the set while we iterate: iterate a copy.
         for link in tuple(subscribers):
-            link.deliver(batch)
+            try:
+                link.deliver(batch)
+            except Exception:
+                # One broken link must not cost the other subscribers this batch.
+                logger.exception("internal error delivering to %s", link.session.id)
+                self._cut_broken(link)
         self.stats.deliveries += len(frames) * len(subscribers)
 
     def _subscribe(self, link: Link, topic: str, resume: Cursor | None) -> None:
         self._flush_topic(topic)  # the seam: pending frames go to existing subscribers only
-        replay = self.broker.replay(topic, resume, now=time.time())
+        try:
+            replay = self.broker.replay(topic, resume, now=time.time())
+        except TooManyTopics as exc:
+            link.session.topics.discard(topic)
+            link.send_frames([error_frame(exc.code, exc.message, topic)])
+            return
         reply = encode(
             Subscribed(
                 topic=topic,
@@ -342,7 +386,11 @@ class Hub:
         if replay.missing:
             self.stats.resumes_with_loss += 1
         if not link.closed:
-            self._subscribers.setdefault(topic, set()).add(link)
+            subscribers = self._subscribers.get(topic)
+            if subscribers is None:
+                subscribers = self._subscribers[topic] = set()
+                self.broker.retain(topic)
+            subscribers.add(link)
 
     def _unsubscribe(self, link: Link, topic: str) -> None:
         subscribers = self._subscribers.get(topic)
@@ -351,6 +399,7 @@ class Hub:
             if not subscribers:
                 del self._subscribers[topic]
                 self._pending.pop(topic, None)
+                self.broker.release(topic)
 
     # --- connections --------------------------------------------------------------------
 
@@ -367,9 +416,7 @@ class Hub:
         self.stats.connections_total += 1
         link.send_frames([link.session.welcome(wall_ms=int(time.time() * 1000))])
         if self._heartbeat_task is None:
-            self._heartbeat_task = asyncio.get_running_loop().create_task(
-                self._heartbeat_loop(), name="tether-heartbeat"
-            )
+            self._start_heartbeat()
 
     def detach(self, link: Link) -> None:
         """Forget ``link``: its subscriptions and queued (not yet started) client messages.
@@ -411,6 +458,18 @@ class Hub:
                 self._enqueue_send(link, command.frame)
             elif isinstance(command, DoAuth):
                 self._reauthenticate(link, command.token)
+            elif isinstance(command, CountUndeliverable):
+                self.stats.undeliverable += 1
+                report = command.report
+                # INFO, not WARNING: a client could send these at its inbound rate.
+                logger.info(
+                    "client %s could not decode %s@%s offset %d: %s",
+                    link.session.id,
+                    report.topic,
+                    report.epoch,
+                    report.offset,
+                    report.reason,
+                )
 
     def _reauthenticate(self, link: Link, token: str) -> None:
         """A fresh token in a live connection: same subject, new permissions, re-checked."""
@@ -478,7 +537,9 @@ class Hub:
             return
         state.sends.append(frame)
         if state.worker is None:
-            state.worker = asyncio.get_running_loop().create_task(self._send_worker(link, state))
+            worker = asyncio.get_running_loop().create_task(self._send_worker(link, state))
+            worker.add_done_callback(lambda task: self._worker_ended(link, task))
+            state.worker = worker
 
     async def _send_worker(self, link: Link, state: _LinkState) -> None:
         assert state.sends is not None
@@ -515,7 +576,10 @@ class Hub:
                 return encode(
                     Nack(id=frame.id, code=ErrorCode.FORBIDDEN, message="not allowed to publish")
                 )
-            entry = self.publish_raw(frame.topic, frame.data)
+            try:
+                entry = self.publish_raw(frame.topic, frame.data)
+            except (InvalidPayload, TooManyTopics) as exc:
+                return encode(Nack(id=frame.id, code=exc.code, message=exc.message))
             epoch = self.broker.log(frame.topic).epoch
             return encode(Ack(id=frame.id, result={"offset": entry.offset, "epoch": epoch}))
         handler = self._handlers.get(frame.event)
@@ -545,6 +609,43 @@ class Hub:
                 Nack(id=frame.id, code=ErrorCode.HANDLER_ERROR, message="the handler failed")
             )
 
+    # --- supervision --------------------------------------------------------------------
+
+    def _cut_broken(self, link: Link) -> None:
+        """A bug hit while serving ``link`` (already logged with its traceback): cut it, 1011.
+
+        The client reconnects and resumes; what the bug interrupted is replayed or
+        retried, never silently lost, and the rest of the hub carries on.
+        """
+        self.stats.internal_errors += 1
+        try:
+            self._cut(link, CloseCode.INTERNAL_ERROR, "internal error", abort_after=DEAD_PEER_ABORT)
+        except Exception:
+            logger.exception("could not cut %s after an internal error", link.session.id)
+
+    def _worker_ended(self, link: Link, task: asyncio.Task[None]) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            logger.error(
+                "internal error handling client messages of %s", link.session.id, exc_info=exc
+            )
+            self._cut_broken(link)
+
+    def _start_heartbeat(self) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._heartbeat_loop(), name="tether-heartbeat"
+        )
+        task.add_done_callback(self._heartbeat_ended)
+        self._heartbeat_task = task
+
+    def _heartbeat_ended(self, task: asyncio.Task[None]) -> None:
+        """The heartbeat loop never ends on its own: if it crashed, log and restart it."""
+        if task.cancelled() or self.closing or task is not self._heartbeat_task:
+            return
+        self.stats.internal_errors += 1
+        logger.error("heartbeat loop crashed; restarting it", exc_info=task.exception())
+        self._start_heartbeat()
+
     # --- heartbeat and shutdown ---------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
@@ -555,28 +656,33 @@ class Hub:
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            links = list(self._links)
+            ping = None
             if now >= next_ping:
-                batch = Batch([encode(Ping(ts=int(time.time() * 1000)))])
-                for link in links:
-                    link.deliver(batch)
+                ping = Batch([encode(Ping(ts=int(time.time() * 1000)))])
                 next_ping = now + c.heartbeat_interval
             wall = time.time()
-            for link in links:
-                expires = link.identity.expires_at
-                if link.closed:
-                    continue
-                if expires is not None and wall > expires + c.jwt_leeway:
-                    self._cut(link, CloseCode.POLICY_VIOLATION, "token expired", abort_after=None)
-                elif link.session.is_dead(now=now):
-                    self.stats.heartbeat_timeouts += 1
-                    logger.info("heartbeat timeout: closing %s", link.session.id)
-                    self._cut(
-                        link,
-                        CloseCode.INTERNAL_ERROR,
-                        "heartbeat timeout",
-                        abort_after=DEAD_PEER_ABORT,
-                    )
+            for link in list(self._links):
+                try:
+                    self._check_liveness(link, ping, now=now, wall=wall)
+                except Exception:
+                    # One link's failure must not stop liveness checks for the others.
+                    logger.exception("internal error checking liveness of %s", link.session.id)
+                    self._cut_broken(link)
+
+    def _check_liveness(self, link: Link, ping: Batch | None, *, now: float, wall: float) -> None:
+        if link.closed:
+            return
+        if ping is not None:
+            link.deliver(ping)
+        expires = link.identity.expires_at
+        if expires is not None and wall > expires + self.config.jwt_leeway:
+            self._cut(link, CloseCode.POLICY_VIOLATION, "token expired", abort_after=None)
+        elif link.session.is_dead(now=now):
+            self.stats.heartbeat_timeouts += 1
+            logger.info("heartbeat timeout: closing %s", link.session.id)
+            self._cut(
+                link, CloseCode.INTERNAL_ERROR, "heartbeat timeout", abort_after=DEAD_PEER_ABORT
+            )
 
     def restart_reason(self) -> str:
         """A 1012 close reason with a randomised retry hint, spreading the fleet's return."""

@@ -34,6 +34,18 @@ COUNTERS = {
     ),
     "auth_failures": ("tether_auth_failures", "Handshakes or refreshes with a bad token"),
     "forbidden": ("tether_forbidden", "Subscribes or publishes refused by permissions"),
+    "payloads_refused": (
+        "tether_payloads_refused",
+        "Publishes refused for a payload not every client can decode (invalid_payload)",
+    ),
+    "undeliverable": (
+        "tether_undeliverable",
+        "Messages a client reported it received but could not decode",
+    ),
+    "internal_errors": (
+        "tether_internal_errors",
+        "Bugs caught by the hub's supervisors (logged with a traceback; the link was cut)",
+    ),
 }
 
 

@@ -20,11 +20,13 @@ from ..protocol import (
     Cursor,
     Error,
     Limits,
+    Nack,
     Ping,
     Pong,
     Publish,
     Send,
     Subscribe,
+    Undeliverable,
     Unsubscribe,
     Unsubscribed,
     Welcome,
@@ -60,7 +62,14 @@ class DoAuth:
     token: str
 
 
-Command = Reply | DoSubscribe | DoUnsubscribe | DoSend | DoAuth
+@dataclass(frozen=True, slots=True)
+class CountUndeliverable:
+    """The client reported a message it could not decode (and stepped over)."""
+
+    report: Undeliverable
+
+
+Command = Reply | DoSubscribe | DoUnsubscribe | DoSend | DoAuth | CountUndeliverable
 
 Permission = Callable[[Action, str], bool]
 
@@ -132,6 +141,8 @@ class ServerSession:
         try:
             frame = decode_client_frame(data)
         except ProtocolError as exc:
+            if exc.nack_id is not None:
+                return [Reply(encode(Nack(id=exc.nack_id, code=exc.code, message=exc.message)))]
             return [Reply(error_frame(exc.code, exc.message, exc.ref))]
         if isinstance(frame, Ping):
             return [Reply(encode(Pong(ts=frame.ts)))]
@@ -159,4 +170,6 @@ class ServerSession:
             return [DoUnsubscribe(frame.topic), Reply(encode(Unsubscribed(topic=frame.topic)))]
         if isinstance(frame, Auth):
             return [DoAuth(frame.token)]
+        if isinstance(frame, Undeliverable):
+            return [CountUndeliverable(frame)]
         return [DoSend(frame)]

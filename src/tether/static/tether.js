@@ -201,6 +201,20 @@ class Outbox {
 
 // --- session: protocol logic without I/O (tether/client/session.py) ------------------------
 
+// Gap reason of a message that arrived but could not be decoded (docs/protocol.md).
+export const UNDELIVERABLE = "undeliverable";
+// onError code for a bug inside the client itself (tether/client/aio.py: CLIENT_ERROR).
+export const CLIENT_ERROR = "client_error";
+
+// The hub writes a message frame's envelope first, in a fixed order (docs/protocol.md,
+// "Undecodable messages"), so the offset of one whose data can't be parsed is still known.
+const ENVELOPE = /^\{"type":"message","topic":"([A-Za-z0-9_.:\/*-]{1,200})","epoch":"([^"\\]{1,64})","offset":([1-9][0-9]{0,15}),/;
+
+function messageEnvelope(text) {
+  const match = typeof text === "string" ? ENVELOPE.exec(text) : null;
+  return match ? { topic: match[1], epoch: match[2], offset: Number(match[3]) } : null;
+}
+
 function randomHex(bytes) {
   const a = new Uint8Array(bytes);
   crypto.getRandomValues(a);
@@ -219,6 +233,7 @@ export class Session {
       messagesRecovered: 0,
       duplicatesDropped: 0,
       resyncs: 0,
+      undeliverable: 0,
       protocolErrors: 0,
       rtt: null,
       lastHeartbeat: null,
@@ -344,6 +359,8 @@ export class Session {
       frame = JSON.parse(text);
     } catch (err) {
       this.counters.protocolErrors += 1;
+      const envelope = messageEnvelope(text);
+      if (envelope) return this._onUndeliverable(envelope, String(err));
       return { events: [{ kind: "error", code: "invalid_json", message: String(err) }], replies: [] };
     }
     if (frame === null || typeof frame !== "object" || typeof frame.type !== "string") {
@@ -417,30 +434,49 @@ export class Session {
     return events;
   }
 
+  // What is lost between the cursor and `offset` of `epoch`; null: a duplicate.
+  static gapsBefore(cursor, epoch, offset) {
+    if (epoch === cursor.epoch) {
+      if (offset <= cursor.offset) return null;
+      if (offset > cursor.offset + 1) return [{ epoch, from: cursor.offset + 1, to: offset - 1 }];
+      return [];
+    }
+    const missing = [{ epoch: cursor.epoch, from: cursor.offset + 1, to: null }];
+    if (offset > 1) missing.push({ epoch, from: 1, to: offset - 1 });
+    return missing;
+  }
+
+  // A message that arrived but can't be decoded: waiting for it would wait for ever (a
+  // replay brings the same bytes), so report it lost, step over it and tell the hub.
+  _onUndeliverable({ topic, epoch, offset }, why) {
+    const sub = this.subs.get(topic);
+    if (!sub || !sub.cursor) return { events: [], replies: [] };
+    const missing = Session.gapsBefore(sub.cursor, epoch, offset);
+    if (missing === null) {
+      this.counters.duplicatesDropped += 1;
+      return { events: [], replies: [] };
+    }
+    missing.push({ epoch, from: offset, to: offset, reason: UNDELIVERABLE });
+    sub.cursor = { epoch, offset };
+    this.counters.resyncs += 1;
+    this.counters.undeliverable += 1;
+    const report = { type: "undeliverable", topic, epoch, offset, reason: why.slice(0, 200) };
+    return { events: [{ kind: "resync", topic, missing, cursor: sub.cursor }], replies: [JSON.stringify(report)] };
+  }
+
   _onMessage(msg) {
     const sub = this.subs.get(msg.topic);
     if (!sub || !sub.cursor) return [];
-    const cursor = sub.cursor;
+    const missing = Session.gapsBefore(sub.cursor, msg.epoch, msg.offset);
+    if (missing === null) {
+      this.counters.duplicatesDropped += 1;
+      return [];
+    }
     const events = [];
-    if (msg.epoch === cursor.epoch) {
-      if (msg.offset <= cursor.offset) {
-        this.counters.duplicatesDropped += 1;
-        return [];
-      }
-      if (msg.offset > cursor.offset + 1) {
-        events.push({
-          kind: "resync",
-          topic: msg.topic,
-          missing: [{ epoch: msg.epoch, from: cursor.offset + 1, to: msg.offset - 1 }],
-          cursor: { epoch: msg.epoch, offset: msg.offset - 1 },
-        });
-      }
-    } else {
-      const missing = [{ epoch: cursor.epoch, from: cursor.offset + 1, to: null }];
-      if (msg.offset > 1) missing.push({ epoch: msg.epoch, from: 1, to: msg.offset - 1 });
+    if (missing.length) {
+      this.counters.resyncs += 1;
       events.push({ kind: "resync", topic: msg.topic, missing, cursor: { epoch: msg.epoch, offset: msg.offset - 1 } });
     }
-    if (events.length) this.counters.resyncs += 1;
     sub.cursor = { epoch: msg.epoch, offset: msg.offset };
     const recovered = msg.epoch === sub.replayEpoch && msg.offset <= sub.replayHead;
     this.counters.messagesReceived += 1;
@@ -575,6 +611,7 @@ export class TetherClient extends EventTarget {
       messagesRecovered: c.messagesRecovered,
       duplicatesDropped: c.duplicatesDropped,
       resyncs: c.resyncs,
+      undeliverable: c.undeliverable,
       outboxSize: this._session.outbox.size,
       rtt: c.rtt,
       nextRetryIn: this._nextAttemptAt === null ? null : Math.max(0, this._nextAttemptAt - t),
@@ -768,6 +805,13 @@ export class TetherClient extends EventTarget {
       if (!welcomed) this._drop(ws, "connect timeout");
     }, this.config.connectTimeout * 1000);
     ws.onmessage = (ev) => {
+      try {
+        onFrame(ev);
+      } catch (err) {
+        this._internalError(ws, "reader", err);
+      }
+    };
+    const onFrame = (ev) => {
       const t = now();
       if (!welcomed) {
         const { events } = this._session.receive(ev.data, t);
@@ -858,12 +902,26 @@ export class TetherClient extends EventTarget {
         this._scheduleExpiry();
       } else if (event.kind === "error") {
         this._log("warn", `hub error ${event.code}: ${event.message}`);
-        if (this.onError) safeCall(this.onError, event.code, event.message);
+        this._reportError(event.code, event.message);
       }
     }
     if (this._inbox.length > INBOX_SIZE) {
       this._drop(ws, "app cannot keep up: resuming from cursor");
     }
+  }
+
+  // onError may be async; its failure is logged, never thrown.
+  _reportError(code, message) {
+    if (this.onError) safeCallAsync(this.onError, code, message);
+  }
+
+  // A bug in the client itself: log it, tell the app, and fail the connection so that no
+  // dead part hides behind a "connected" state (it reconnects and resumes from cursors).
+  _internalError(ws, where, err) {
+    console.error(`[tether] internal error in the ${where}; failing the connection`, err);
+    this._lastError = `internal error in the ${where} (see the console)`;
+    this._reportError(CLIENT_ERROR, this._lastError);
+    if (ws) this._drop(ws, `internal error in the ${where}`);
   }
 
   _enqueue(event) {
@@ -877,28 +935,10 @@ export class TetherClient extends EventTarget {
       while (this._inbox.length) {
         const event = this._inbox.shift();
         if (this.state === State.CLOSED) return;
-        if (event.kind === "reconnected") {
-          if (this.onReconnect) await safeCallAsync(this.onReconnect);
-          this._emit("reconnect", {});
-        } else if (event.kind === "delivery") {
-          const msg = event.message;
-          this._delivered.set(msg.topic, { epoch: msg.epoch, offset: msg.offset });
-          this._scheduleSave();
-          const handler = this._handlers.get(msg.topic);
-          if (handler) await safeCallAsync(handler, msg);
-          this._emit("message", msg);
-        } else if (event.kind === "resync") {
-          if (event.cursor) this._delivered.set(event.topic, event.cursor);
-          this._scheduleSave();
-          this._log("warn", `resync ${event.topic}: missing ${JSON.stringify(event.missing)}`);
-          if (this.onResync) await safeCallAsync(this.onResync, event.topic, event.missing);
-          this._emit("resync", { topic: event.topic, missing: event.missing });
-        } else if (event.kind === "confirmed") {
-          if (event.cursor && !this._delivered.has(event.topic) && this._handlers.has(event.topic)) {
-            this._delivered.set(event.topic, event.cursor);
-            this._scheduleSave();
-          }
-          this._emit("topicstate", { topic: event.topic, live: this.isLive(event.topic) });
+        try {
+          await this._dispatch(event);
+        } catch (err) {
+          this._internalError(this._ws, "dispatcher", err);
         }
       }
     } finally {
@@ -906,9 +946,42 @@ export class TetherClient extends EventTarget {
     }
   }
 
+  async _dispatch(event) {
+    if (event.kind === "reconnected") {
+      if (this.onReconnect) await safeCallAsync(this.onReconnect);
+      this._emit("reconnect", {});
+    } else if (event.kind === "delivery") {
+      const msg = event.message;
+      this._delivered.set(msg.topic, { epoch: msg.epoch, offset: msg.offset });
+      this._scheduleSave();
+      const handler = this._handlers.get(msg.topic);
+      if (handler) await safeCallAsync(handler, msg);
+      this._emit("message", msg);
+    } else if (event.kind === "resync") {
+      if (event.cursor) this._delivered.set(event.topic, event.cursor);
+      this._scheduleSave();
+      this._log("warn", `resync ${event.topic}: missing ${JSON.stringify(event.missing)}`);
+      if (this.onResync) await safeCallAsync(this.onResync, event.topic, event.missing);
+      this._emit("resync", { topic: event.topic, missing: event.missing });
+    } else if (event.kind === "confirmed") {
+      if (event.cursor && !this._delivered.has(event.topic) && this._handlers.has(event.topic)) {
+        this._delivered.set(event.topic, event.cursor);
+        this._scheduleSave();
+      }
+      this._emit("topicstate", { topic: event.topic, live: this.isLive(event.topic) });
+    }
+  }
+
   _heartbeat(ws) {
     const tick = Math.max(0.05, Math.min(this._session.heartbeatInterval, this._session.heartbeatTimeout) / 4);
     const check = () => {
+      try {
+        checkOnce();
+      } catch (err) {
+        this._internalError(ws, "heartbeat", err);
+      }
+    };
+    const checkOnce = () => {
       if (this._ws !== ws) return;
       const t = now();
       if (this._attempts && t - this._connectedAt >= this.config.stableAfter) this._attempts = 0;

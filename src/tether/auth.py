@@ -13,8 +13,9 @@ nothing: a token must say what it allows.
 from __future__ import annotations
 
 import enum
-import fnmatch
+import functools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,14 @@ class Identity:
 
     def allows(self, action: Action, topic: str) -> bool:
         patterns = self.subscribe if action is Action.SUBSCRIBE else self.publish
-        return any(fnmatch.fnmatchcase(topic, pattern) for pattern in patterns)
+        return any(topic_pattern(pattern).fullmatch(topic) for pattern in patterns)
+
+
+@functools.lru_cache(maxsize=4096)  # patterns come from a few token shapes: cache them
+def topic_pattern(pattern: str) -> re.Pattern[str]:
+    """A claim's topic pattern as a regex: ``*`` matches any run of characters, and
+    nothing else is special (``?`` and ``[...]`` are literal, unlike shell globs)."""
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 
 #: Who connects when the hub has no authentication configured (loopback by default).

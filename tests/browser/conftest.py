@@ -55,7 +55,7 @@ class BrowserClient:
         await self.page.evaluate(
             """async ([url, options]) => {
                 const t = await import('/tether.js');
-                const rec = { deliveries: [], states: [], resyncs: [], reconnects: 0 };
+                const rec = { deliveries: [], states: [], resyncs: [], errors: [], reconnects: 0 };
                 window.rec = rec;
                 window.tetherModule = t;
                 window.client = t.connect(url, {
@@ -64,6 +64,7 @@ class BrowserClient:
                         rec.states.push([from, to, performance.now() / 1000]),
                     onReconnect: () => { rec.reconnects += 1; },
                     onResync: (topic, missing) => { rec.resyncs.push([topic, missing]); },
+                    onError: async (code, message) => { rec.errors.push(code); },
                 });
             }""",
             [url, options],

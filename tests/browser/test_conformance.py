@@ -285,29 +285,18 @@ async def test_s13_undecodable_message_is_reported_and_stepped_over(
     # is told, nothing reconnects (a frame JSON.parse refuses: invalid UTF-8 would make
     # Chromium fail the whole connection, which is why the hub refuses it at the door).
     broken_hub.frames = [bad_message(1, b"[1,]"), bad_message(2, b'{"ok":true}')]
-    await page.evaluate(
-        """async (url) => {
-            const t = await import('/tether.js');
-            window.got = [];
-            window.resyncs = [];
-            window.client = t.connect(url, {
-                persistCursors: false,
-                onResync: (topic, missing) => window.resyncs.push(missing),
-            });
-            window.client.subscribe('t', (m) => window.got.push(m.offset));
-        }""",
-        broken_hub.url,
-    )
-    await until(lambda: page.evaluate("() => window.got.length === 1"), what="delivery")
-    assert await page.evaluate("() => window.got") == [2]
-    assert await page.evaluate("() => window.resyncs") == [
-        [{"epoch": "E", "from": 1, "to": 1, "reason": "undeliverable"}]
+    client = await started(page, broken_hub.url, "t")
+    await until(lambda: _count(client, "t", 1), what="delivery")
+    assert await client.offsets("t") == [2]
+    rec = await client.rec()
+    assert rec["resyncs"] == [
+        ["t", [{"epoch": "E", "from": 1, "to": 1, "reason": "undeliverable"}]]
     ]
     await until(lambda: len(broken_hub.reports) == 1, what="the report")
     assert broken_hub.reports[0]["offset"] == 1
-    metrics = await page.evaluate("() => window.client.metrics()")
+    metrics = await client.metrics()
     assert metrics["state"] == "connected" and metrics["totalReconnects"] == 0
-    await page.evaluate("() => window.client.close()")
+    assert metrics["undeliverable"] == 1
 
 
 async def _is(client: BrowserClient, state: str) -> bool:

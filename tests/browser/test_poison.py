@@ -33,7 +33,7 @@ from tether.server.serve import HubServer
 
 from ..support import Recorder, ThreadedHub, eventually
 from ..test_payload import documents
-from .conftest import CHROMIUM, CHROMIUM_ARGS
+from .conftest import CHROMIUM, CHROMIUM_ARGS, BrowserClient
 
 TOPIC = "poison"
 _ids = itertools.count()
@@ -234,22 +234,12 @@ async def test_a_crash_in_the_browser_reader_fails_the_connection_and_it_resumes
     page: Page, hub_server: HubServer
 ) -> None:
     # The twin of the Python client's supervision test: a bug while handling a frame is
-    # reported (onError "client_error"), the connection is failed and resumed, no loss.
-    await page.evaluate(
-        """async (url) => {
-            const t = await import('/tether.js');
-            window.got = [];
-            window.errors = [];
-            window.client = t.connect(url, {
-                persistCursors: false,
-                backoffBase: 0.05,
-                onError: async (code, message) => { window.errors.push(code); },
-            });
-            window.client.subscribe('t', (m) => window.got.push(m.offset));
-        }""",
-        hub_server.url,
-    )
-    await eventually(lambda: page.evaluate("() => window.client.isLive('t')"), what="live")
+    # reported (onError "client_error", an async callback), the connection is failed and
+    # resumed, nothing is lost.
+    client = BrowserClient(page)
+    await client.start(hub_server.url, persistCursors=False, backoffBase=0.05)
+    await client.subscribe("t")
+    await eventually(lambda: client.is_live("t"), what="live")
     await page.evaluate(
         """() => {
             const session = window.client._session;
@@ -266,11 +256,12 @@ async def test_a_crash_in_the_browser_reader_fails_the_connection_and_it_resumes
     )
     for n in range(1, 6):
         await hub_server.hub.publish("t", n)
-    await eventually(
-        lambda: page.evaluate("() => window.got.length === 5"), what="every offset once"
-    )
-    assert await page.evaluate("() => window.got") == [1, 2, 3, 4, 5]
-    assert await page.evaluate("() => window.errors") == ["client_error"]
-    metrics = await page.evaluate("() => window.client.metrics()")
+
+    async def all_five() -> bool:
+        return len(await client.offsets("t")) == 5
+
+    await eventually(all_five, what="every offset once")
+    assert await client.offsets("t") == [1, 2, 3, 4, 5]
+    assert (await client.rec())["errors"] == ["client_error"]
+    metrics = await client.metrics()
     assert metrics["state"] == "connected" and metrics["totalReconnects"] == 1
-    await page.evaluate("() => window.client.close()")

@@ -42,7 +42,9 @@ async def test_bad_publish_bodies_are_refused_and_change_nothing(
     hub_server: HubServer, body: bytes, status: int, code: str
 ) -> None:
     async with httpx.AsyncClient(base_url=hub_server.http_url) as http:
-        reply = await http.post("/publish", content=body)
+        reply = await http.post(
+            "/publish", content=body, headers={"content-type": "application/json"}
+        )
     assert reply.status_code == status
     assert reply.json()["code"] == code and reply.json()["message"]
     assert hub_server.hub.stats.publishes == 0

@@ -14,6 +14,7 @@ before accepting, and tell it when a connection opens and closes.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -66,10 +67,23 @@ def parse_origins(value: str) -> frozenset[str] | None:
     return None if "*" in items else frozenset(items)
 
 
+def is_loopback_host(hostname: str) -> bool:
+    """``localhost``, ``*.localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    hostname = hostname.strip("[]").lower()
+    if hostname == "localhost" or hostname.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
 class Admission:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self.origins = parse_origins(config.allowed_origins)
+        #: Bound to loopback: with no origins configured, only loopback pages may connect.
+        self.loopback = is_loopback_host(config.host)
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._per_address: dict[str, int] = {}
         self._per_identity: dict[str, int] = {}
@@ -89,8 +103,15 @@ class Admission:
             return True
         if origin in self.origins:
             return True
+        if self.origins:
+            return False  # an explicit list, and this origin is not on it
+        if self.loopback:
+            # Bound to loopback: only pages served from this machine. Comparing with the
+            # Host header would let DNS rebinding in (evil.example resolving to 127.0.0.1
+            # sends Host = Origin = evil.example:PORT).
+            return is_loopback_host(urlsplit(origin).hostname or "")
         # Same origin: the page was served by this host.
-        return not self.origins and host is not None and urlsplit(origin).netloc == host.lower()
+        return host is not None and urlsplit(origin).netloc == host.lower()
 
     def take(self, address: str, *, now: float) -> bool:
         """Charge one handshake to ``address``'s bucket; False when it is empty."""

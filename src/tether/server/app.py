@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from ..auth import Action, AuthError
+from ..auth import Action, AuthError, Identity
 from ..errors import CloseCode, ErrorCode
 from ..payload import SURROGATE_MESSAGE, InvalidPayload, replace_surrogate_escapes
 from ..protocol import Topic
@@ -71,8 +71,9 @@ def create_app(hub: Hub) -> Starlette:
 
     api_keys = frozenset(k.strip() for k in hub.config.api_keys.split(",") if k.strip())
 
-    def publish_denial(request: Request, topic: str) -> Response | None:
-        """``None`` if the request may publish to ``topic``, else the error response."""
+    def publisher(request: Request) -> Identity | Response | None:
+        """Who may publish: ``None`` for any topic (an API key, or ``insecure_dev``), an
+        identity whose claims decide per topic (a JWT), or the 401 to answer."""
         if hub.config.insecure_dev:
             return None
         presented = request.headers.get("x-api-key", "")
@@ -82,15 +83,13 @@ def create_app(hub: Hub) -> Starlette:
             hmac.compare_digest(k, c) for k in api_keys for c in (presented, bearer) if c
         ):
             return None
-        if bearer and hub.authenticator is not None:
+        if bearer and hub.authenticator is not None and bearer.count(".") == 2:
             try:
-                identity = hub.authenticator.verify(bearer)
+                return hub.authenticator.verify(bearer)
             except AuthError as exc:
                 return _error(401, ErrorCode.INVALID_TOKEN, str(exc))
-            if hub.allowed(identity, Action.PUBLISH, topic):
-                return None
-            hub.stats.forbidden += 1
-            return _error(403, ErrorCode.FORBIDDEN, f"not allowed to publish to {topic!r}")
+        if presented or bearer:
+            return _error(401, ErrorCode.INVALID_TOKEN, "not a valid API key or token")
         return _error(
             401,
             "unauthorized",
@@ -152,6 +151,16 @@ def create_app(hub: Hub) -> Starlette:
                 await link.aclose()
 
     async def publish(request: Request) -> Response:
+        # Credentials first: an anonymous caller learns nothing from how its input fails.
+        who = publisher(request)
+        if isinstance(who, Response):
+            return who
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            # Only JSON: a cross-site <form> can POST text/plain without a CORS preflight.
+            return _error(
+                415, "unsupported_media_type", "POST /publish takes Content-Type: application/json"
+            )
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return _error(413, "too_big", f"body exceeds max_frame_bytes ({limit})")
@@ -171,9 +180,9 @@ def create_app(hub: Hub) -> Starlette:
             return _error(400, ErrorCode.INVALID_JSON, str(exc))
         except UnicodeDecodeError:
             return _error(400, ErrorCode.INVALID_JSON, "the body is not valid UTF-8")
-        denial = publish_denial(request, req.topic)
-        if denial is not None:
-            return denial
+        if who is not None and not hub.allowed(who, Action.PUBLISH, req.topic):
+            hub.stats.forbidden += 1
+            return _error(403, ErrorCode.FORBIDDEN, f"not allowed to publish to {req.topic!r}")
         try:
             entry = hub.publish_raw(req.topic, req.data)
         except InvalidPayload as exc:
@@ -196,6 +205,7 @@ def create_app(hub: Hub) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await hub.drain()
         hub.close_all()
         await hub.aclose()
 

@@ -206,6 +206,17 @@ class HubWSProtocol(TetherWSProtocol):
         else:
             self._first_frame("bytes", event)
 
+    def handle_ping(self) -> None:
+        # A protocol-level ping is a sign of life too (non-browser clients send them).
+        if self.hub_link is not None:
+            self.tether_hub.touch(self.hub_link)
+        super().handle_ping()
+
+    def handle_pong(self, event: Frame) -> None:
+        if self.hub_link is not None:
+            self.tether_hub.touch(self.hub_link)
+        super().handle_pong(event)
+
     def _first_frame(self, kind: Literal["text", "bytes"], event: Frame) -> None:
         self.curr_msg_data_type = kind
         self.frames = [bytes(event.data)]

@@ -151,13 +151,15 @@ class HubStats:
 class _LinkState:
     """Per-connection hub bookkeeping for in-order client->hub message handling."""
 
-    __slots__ = ("sends", "worker")
+    __slots__ = ("expiry", "sends", "worker")
 
     def __init__(self) -> None:
         # Created on first use: most connections never send, and an idle connection's
         # footprint is what lets one node hold many.
         self.sends: deque[Send | Publish] | None = None
         self.worker: asyncio.Task[None] | None = None
+        #: Closes the connection when its token expires (tokens with an ``exp`` only).
+        self.expiry: asyncio.TimerHandle | None = None
 
 
 class Hub:
@@ -196,6 +198,9 @@ class Hub:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.stats = HubStats()
         self.closing = False
+        #: Shutting down: running handlers finish, no new one starts (see :meth:`drain`).
+        self.draining = False
+        self._workers: set[asyncio.Task[None]] = set()
         self.authenticator = Authenticator.from_config(c)
         self.admission = Admission(c)
         #: Optional app hook deciding permissions instead of the token's claims.
@@ -381,7 +386,7 @@ class Hub:
                 missing=replay.missing,
             )
         )
-        link.send_frames([reply, *replay.frames], replay=bool(replay.frames))
+        link.send_frames([reply, *replay.frames], replay_of=topic if replay.frames else None)
         self.stats.replayed += len(replay.frames)
         if replay.missing:
             self.stats.resumes_with_loss += 1
@@ -410,7 +415,8 @@ class Hub:
 
     def attach(self, link: Link) -> None:
         """Start serving ``link``: sends ``welcome`` and starts the heartbeat if needed."""
-        self._links[link] = _LinkState()
+        state = self._links[link] = _LinkState()
+        self._schedule_expiry(link, state)
         self.admission.opened(link.address, self._counted_subject(link))
         link.session.can = lambda action, topic: self.allowed(link.identity, action, topic)
         self.stats.connections_total += 1
@@ -425,6 +431,8 @@ class Hub:
         """
         state = self._links.pop(link, None)
         if state is not None:
+            if state.expiry is not None:
+                state.expiry.cancel()
             self.stats.disconnections += 1
             self.admission.closed(link.address, self._counted_subject(link))
         for topic in link.session.topics:
@@ -434,6 +442,10 @@ class Hub:
             # A handler already running finishes (its dedup entry must resolve for retries);
             # queued ones never started, so a retry on the next connection will run them.
             state.sends.clear()
+
+    def touch(self, link: Link) -> None:
+        """A sign of life from ``link`` that carries no frame (a WebSocket ping or pong)."""
+        link.session.touch(now=time.monotonic())
 
     def receive(self, link: Link, data: str | bytes | None, *, binary: bool = False) -> None:
         """Feed one inbound frame from ``link``."""
@@ -485,6 +497,9 @@ class Hub:
             link.send_frames([error_frame(ErrorCode.INVALID_TOKEN, str(exc))])
             return
         link.identity = identity
+        state = self._links.get(link)
+        if state is not None:
+            self._schedule_expiry(link, state)
         frames = []
         for topic in sorted(link.session.topics):
             if not self.allowed(identity, Action.SUBSCRIBE, topic):
@@ -540,11 +555,14 @@ class Hub:
             worker = asyncio.get_running_loop().create_task(self._send_worker(link, state))
             worker.add_done_callback(lambda task: self._worker_ended(link, task))
             state.worker = worker
+            self._workers.add(worker)
 
     async def _send_worker(self, link: Link, state: _LinkState) -> None:
         assert state.sends is not None
         try:
-            while state.sends:
+            # Draining for shutdown: finish the running handler, start no other. The ones
+            # left are unacknowledged, so clients re-send them after reconnecting.
+            while state.sends and not self.draining:
                 frame = state.sends.popleft()
                 reply = await self._handle_once(link, frame)
                 link.send_frames([reply])
@@ -624,6 +642,7 @@ class Hub:
             logger.exception("could not cut %s after an internal error", link.session.id)
 
     def _worker_ended(self, link: Link, task: asyncio.Task[None]) -> None:
+        self._workers.discard(task)
         exc = None if task.cancelled() else task.exception()
         if exc is not None:
             logger.error(
@@ -660,24 +679,41 @@ class Hub:
             if now >= next_ping:
                 ping = Batch([encode(Ping(ts=int(time.time() * 1000)))])
                 next_ping = now + c.heartbeat_interval
-            wall = time.time()
             for link in list(self._links):
                 try:
-                    self._check_liveness(link, ping, now=now, wall=wall)
+                    self._check_liveness(link, ping, now=now)
                 except Exception:
                     # One link's failure must not stop liveness checks for the others.
                     logger.exception("internal error checking liveness of %s", link.session.id)
                     self._cut_broken(link)
 
-    def _check_liveness(self, link: Link, ping: Batch | None, *, now: float, wall: float) -> None:
+    def _schedule_expiry(self, link: Link, state: _LinkState) -> None:
+        """Close ``link`` with 1008 the moment its token (plus ``jwt_leeway``) expires."""
+        if state.expiry is not None:
+            state.expiry.cancel()
+            state.expiry = None
+        expires = link.identity.expires_at
+        if expires is not None:
+            delay = max(0.0, expires + self.config.jwt_leeway - time.time())
+            state.expiry = asyncio.get_running_loop().call_later(delay, self._expired, link)
+
+    def _expired(self, link: Link) -> None:
+        expires = link.identity.expires_at
+        if link.closed or expires is None:
+            return
+        if time.time() < expires + self.config.jwt_leeway:  # the wall clock stepped back
+            state = self._links.get(link)
+            if state is not None:
+                self._schedule_expiry(link, state)
+            return
+        self._cut(link, CloseCode.POLICY_VIOLATION, "token expired", abort_after=None)
+
+    def _check_liveness(self, link: Link, ping: Batch | None, *, now: float) -> None:
         if link.closed:
             return
         if ping is not None:
             link.deliver(ping)
-        expires = link.identity.expires_at
-        if expires is not None and wall > expires + self.config.jwt_leeway:
-            self._cut(link, CloseCode.POLICY_VIOLATION, "token expired", abort_after=None)
-        elif link.session.is_dead(now=now):
+        if link.session.is_dead(now=now):
             self.stats.heartbeat_timeouts += 1
             logger.info("heartbeat timeout: closing %s", link.session.id)
             self._cut(
@@ -699,6 +735,23 @@ class Hub:
             reason = self.restart_reason() if code == CloseCode.SERVICE_RESTART else "closing"
             link.close(code, reason)
 
+    async def drain(self, timeout: float | None = None) -> None:
+        """Shutdown, step one: start no new handler; wait for running ones to finish.
+
+        Their acks go out before the 1012 that follows, so a client does not retry
+        what already ran (with in-memory dedup a retry after the restart would run
+        it again). Waits at most ``timeout`` (default ``shutdown_timeout``) seconds;
+        handlers still running then are left to the process's exit.
+        """
+        self.draining = True
+        self.closing = True
+        running = [task for task in self._workers if not task.done()]
+        if running:
+            wait = self.config.shutdown_timeout if timeout is None else timeout
+            _, late = await asyncio.wait(running, timeout=wait)
+            if late:
+                logger.warning("shutdown: %d handler(s) still running after %.1fs", len(late), wait)
+
     async def aclose(self) -> None:
         """Stop background tasks (after :meth:`close_all`)."""
         self.closing = True
@@ -715,10 +768,12 @@ class Hub:
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
         """Lifespan for the app that mounts the hub (``FastAPI(lifespan=hub.lifespan)``).
 
-        Mounted sub-apps get no lifespan events of their own; on shutdown this closes
-        every client with 1012 and a spread retry hint, then stops the hub's tasks.
+        Mounted sub-apps get no lifespan events of their own; on shutdown this lets
+        running handlers finish (:meth:`drain`), closes every client with 1012 and a
+        spread retry hint, then stops the hub's tasks.
         """
         yield
+        await self.drain()
         self.close_all()
         await self.aclose()
 

@@ -11,9 +11,12 @@ Both enforce ``max_send_buffer_bytes``: past it, ``on_overflow`` is called and
 the hub cuts the connection off (close 4008) instead of buffering without bound.
 A resume replay is written in one burst and may alone exceed that limit (1000
 messages of 1 KB is 1 MB), which would cut the client off on every resume, for
-ever. So a replay grants a *grace* of its own size on top of the limit; the
-grace shrinks as the buffer drains and never grows back, so only live backlog
-is held to the limit and the memory bound stays history size + limit.
+ever. So a replay grants a *grace* of its own size on top of the limit. Each
+topic counts once: a topic's new replay replaces its earlier grant instead of
+adding to it, so a client that re-subscribes without reading is cut off at its
+second replay, and the grace never exceeds the latest replay of each subscribed
+topic. The grace shrinks as the buffer drains and never grows back, so only live
+backlog is held to the limit.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class Link(Protocol):
     closed: bool
 
     def deliver(self, batch: Batch) -> None: ...
-    def send_frames(self, frames: list[bytes], *, replay: bool = False) -> None: ...
+    def send_frames(self, frames: list[bytes], *, replay_of: str | None = None) -> None: ...
     def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None: ...
 
 
@@ -82,7 +85,16 @@ class LinkOptions(TypedDict, total=False):
 class _Backlog:
     """What every link shares: identity, and the send-buffer limit with its replay grace."""
 
-    __slots__ = ("address", "closed", "grace", "identity", "limit", "on_overflow", "session")
+    __slots__ = (
+        "_replays",
+        "address",
+        "closed",
+        "grace",
+        "identity",
+        "limit",
+        "on_overflow",
+        "session",
+    )
 
     def __init__(
         self,
@@ -100,11 +112,24 @@ class _Backlog:
         self.identity = identity
         self.closed = False
         self.grace = 0
+        #: Bytes of each topic's latest replay still counted in ``grace`` (created lazily).
+        self._replays: dict[str, int] | None = None
+
+    def _grant(self, topic: str, size: int) -> None:
+        """Allow ``size`` bytes of replay for ``topic`` beyond the limit, replacing its last."""
+        replays = self._replays
+        if replays is None:
+            replays = self._replays = {}
+        # The earlier grant may have shrunk with draining: subtracting all of it errs low.
+        self.grace = max(0, self.grace - replays.get(topic, 0)) + size
+        replays[topic] = size
 
     def _check_backlog(self, pending: int) -> None:
         """Call after every write with the bytes not yet sent."""
         if self.grace and pending < self.grace:
             self.grace = pending  # the replay burst is draining: shrink the allowance
+            if not pending:
+                self._replays = None
         if pending > self.limit + self.grace:
             self.on_overflow(self)  # type: ignore[arg-type]
 
@@ -137,10 +162,10 @@ class RawTransportLink(_Backlog):
     def deliver(self, batch: Batch) -> None:
         self._write(batch.wire())
 
-    def send_frames(self, frames: list[bytes], *, replay: bool = False) -> None:
+    def send_frames(self, frames: list[bytes], *, replay_of: str | None = None) -> None:
         data = b"".join([ws_text_frame(f) for f in frames])
-        if replay:
-            self.grace += len(data)
+        if replay_of is not None:
+            self._grant(replay_of, len(data))
         self._write(data)
 
     def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None:
@@ -167,14 +192,16 @@ class QueuedAsgiLink(_Backlog):
     def __repr__(self) -> str:
         return f"<QueuedAsgiLink {self.session.id} queued={len(self._queue)} closed={self.closed}>"
 
-    def send_frames(self, frames: list[bytes], *, replay: bool = False) -> None:
+    def send_frames(self, frames: list[bytes], *, replay_of: str | None = None) -> None:
         if self.closed:
             return
+        size = 0
         for frame in frames:
             self._queue.append(frame)
-            self._queued_bytes += len(frame)
-            if replay:
-                self.grace += len(frame)
+            size += len(frame)
+        self._queued_bytes += size
+        if replay_of is not None:
+            self._grant(replay_of, size)
         self._ready.set()
         self._check_backlog(self._queued_bytes)
 

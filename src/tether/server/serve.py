@@ -1,8 +1,9 @@
 """Run a hub standalone: uvicorn, Tether's WebSocket protocol, graceful restarts.
 
-On SIGTERM/SIGINT (or :meth:`HubServer.stop`) uvicorn stops accepting, then
+On SIGTERM/SIGINT (or :meth:`HubServer.stop`) the hub stops accepting, lets
+running handlers finish for up to ``shutdown_timeout`` (their acks go out), then
 every WebSocket is closed with 1012 and a randomised ``retry_after_ms`` hint
-(see ``fastws``); the process exits within ``shutdown_timeout``.
+(see ``fastws``).
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ class GatedServer(EmbeddedServer):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.gate is not None:
             self.gate.close()  # stop accepting first, as uvicorn does with its own servers
+        # Let running handlers finish and send their acks before uvicorn closes every
+        # WebSocket with 1012 (a cancelled handler would run again on the client's retry).
+        await self._hub.drain()
         await super().shutdown(sockets=sockets)
 
 

@@ -124,6 +124,10 @@ class ServerSession:
         c = self.config
         return now - self.last_received > c.heartbeat_interval + c.heartbeat_timeout
 
+    def touch(self, *, now: float) -> None:
+        """Something arrived that is not a frame for the hub (a protocol-level ping)."""
+        self.last_received = now
+
     def receive_binary(self, *, now: float) -> list[Command]:
         self.last_received = now
         return [Reply(error_frame(ErrorCode.BINARY_FRAME, "binary frames are not supported"))]

@@ -1,0 +1,275 @@
+"""Guarantees under pressure (issue 14): each promise holds within the default limits.
+
+Each test names the item of the issue it covers and failed before its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+import httpx
+import jwt
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from tether import Client, Hub, Incoming, State
+from tether.auth import Action, Identity, topic_pattern
+from tether.server.broker import TooManyTopics
+from tether.server.serve import HubServer
+
+from ..conftest import StartHub
+from ..support import Recorder, T, client_options, eventually
+
+SECRET = "test-secret-test-secret-test-secret!"
+
+
+def token(sub: str = "alice", *, ttl: float = 300, **claims: object) -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time() + ttl), **claims}, SECRET, "HS256")
+
+
+# --- 3. replays cannot grow a non-reader's buffer without bound ----------------------------
+
+
+async def test_a_non_reader_resubscribing_with_resume_is_cut_at_its_second_replay(
+    start_hub: StartHub,
+) -> None:
+    server = await start_hub(history_size=1000)
+    hub = server.hub
+    for _ in range(1000):
+        await hub.publish("big", "x" * 8000)  # ~8 MB of history
+    resume = {"epoch": hub.topic_head("big").epoch, "offset": 0}
+    frame = json.dumps({"type": "subscribe", "topic": "big", "resume": resume})
+    sent = 0
+    # max_queue=1: the client stops reading after one message, like a stuck tab.
+    async with websockets.connect(server.url, max_queue=1, max_size=None) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            for sent in range(1, 101):  # noqa: B007 - the count after the loop is the result
+                await ws.send(frame)
+                await asyncio.sleep(0.05)
+                if hub.stats.slow_consumers:
+                    break
+    # Each replay used to add its size to the grace: 100 of them held ~800 MB, never cut.
+    assert hub.stats.slow_consumers == 1
+    assert sent <= 3, sent
+    assert hub.connection_count == 0
+
+
+async def test_a_reader_resuming_many_topics_at_once_is_not_cut(start_hub: StartHub) -> None:
+    # The grace is per topic: a real resume of several busy topics is one replay each.
+    server = await start_hub(history_size=1000, max_send_buffer_bytes=64 * 1024)
+    topics = [f"t{n}" for n in range(5)]
+    rec = Recorder(server.url)
+    await rec.subscribed(*topics)
+    rec.client.disconnect()
+    await eventually(lambda: not rec.client.is_live("t0"), what="dropped")
+    for topic in topics:
+        for n in range(300):
+            await server.hub.publish(topic, {"n": n, "pad": "x" * 500})  # ~150 KB a topic
+    await eventually(
+        lambda: all(len(rec.offsets(t)) == 300 for t in topics), what="every replay read"
+    )
+    assert server.hub.stats.slow_consumers == 0
+    await rec.close()
+
+
+# --- 4. graceful shutdown lets running handlers finish -------------------------------------
+
+
+async def test_shutdown_waits_for_a_running_handler_and_acks_it(start_hub: StartHub) -> None:
+    hub = Hub(port=0, insecure_dev=True, allowed_origins="*", shutdown_timeout=30 * T)
+    started: list[str] = []
+    finished: list[str] = []
+
+    @hub.on("slow")
+    async def slow(msg: Incoming) -> str:
+        started.append(msg.id)
+        await asyncio.sleep(5 * T)
+        finished.append(msg.id)
+        return "done"
+
+    server = await start_hub(hub)
+    client = Client(server.url, **client_options())
+    await client.connect(timeout=100 * T)
+    reply = asyncio.create_task(client.send("slow", {}))
+    await eventually(lambda: bool(started), what="handler started")
+    await server.stop()  # SIGTERM's path: used to cancel the handler at once
+    assert await asyncio.wait_for(reply, 100 * T) == "done"
+    assert started == finished and len(started) == 1
+    await client.close()
+
+
+# --- 7. invalid UTF-8 in decoded fields ----------------------------------------------------
+
+
+async def test_invalid_utf8_in_a_field_is_an_error_frame_not_a_crash(
+    hub_server: HubServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with websockets.connect(hub_server.url) as ws:
+        await ws.recv()
+        await ws.send(b'{"type":"subscribe","topic":"t\xff"}', text=True)
+        answer = json.loads(await ws.recv())
+        assert answer["type"] == "error" and answer["code"] == "invalid_json"
+        await ws.send(b'{"type":"send","id":"a1","event":"\xff","data":1}', text=True)
+        answer = json.loads(await ws.recv())
+        assert (answer["type"], answer["id"], answer["code"]) == ("nack", "a1", "invalid_json")
+        await ws.send(json.dumps({"type": "ping", "ts": 7}))
+        assert json.loads(await ws.recv()) == {"type": "pong", "ts": 7}  # still open
+    assert "Traceback" not in caplog.text
+    async with httpx.AsyncClient(base_url=hub_server.http_url) as http:
+        reply = await http.post(
+            "/publish",
+            content=b'{"topic":"t\xff","data":1}',
+            headers={"content-type": "application/json"},
+        )
+    assert reply.status_code == 400 and reply.json()["code"] == "invalid_json"
+
+
+# --- 8. a full table of busy topics refuses new topics --------------------------------------
+
+
+async def test_a_new_topic_is_refused_when_every_topic_has_subscribers(
+    start_hub: StartHub,
+) -> None:
+    server = await start_hub(max_topics=2)
+    rec = Recorder(server.url)
+    await rec.subscribed("a", "b")
+    hub = server.hub
+    with pytest.raises(TooManyTopics):
+        await hub.publish("c", 1)
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        reply = await http.post("/publish", json={"topic": "c", "data": 1})
+    assert reply.status_code == 503 and reply.json()["code"] == "too_many_topics"
+    async with websockets.connect(server.url) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "publish", "id": "p1", "topic": "c", "data": 1}))
+        answer = json.loads(await ws.recv())
+        assert (answer["type"], answer["code"]) == ("nack", "too_many_topics")
+        await ws.send(json.dumps({"type": "subscribe", "topic": "c"}))
+        answer = json.loads(await ws.recv())
+        assert (answer["type"], answer["code"], answer["ref"]) == ("error", "too_many_topics", "c")
+    # The topics in use keep their offsets (a new topic used to get offset 1 every time).
+    assert await hub.publish("a", 1) == 1 and await hub.publish("a", 2) == 2
+    await eventually(lambda: rec.offsets("a") == [1, 2], what="deliveries")
+    await rec.close()
+
+
+# --- 9. origins and content types -----------------------------------------------------------
+
+
+async def test_a_loopback_hub_refuses_rebound_origins(start_hub: StartHub) -> None:
+    server = await start_hub(allowed_origins="")  # the default: no list
+    port = server.port
+    # DNS rebinding: evil.example resolves to 127.0.0.1, so Host and Origin agree.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        (
+            "GET /ws HTTP/1.1\r\n"
+            f"Host: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    status = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    assert status.split()[1] == b"403", status
+    for origin in (f"http://127.0.0.1:{port}", "http://localhost:5173", "http://[::1]:3000"):
+        async with websockets.connect(server.url, origin=origin) as ws:  # type: ignore[arg-type]
+            assert json.loads(await ws.recv())["type"] == "welcome"
+
+
+async def test_publish_over_http_requires_json(start_hub: StartHub) -> None:
+    server = await start_hub()  # insecure_dev: what a cross-site <form> would exploit
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        form = await http.post(
+            "/publish",
+            content=b'{"topic":"t","data":1}',
+            headers={"content-type": "text/plain"},
+        )
+        assert form.status_code == 415 and form.json()["code"] == "unsupported_media_type"
+        ok = await http.post(
+            "/publish",
+            content=b'{"topic":"t","data":1}',
+            headers={"content-type": "application/json; charset=utf-8"},
+        )
+        assert ok.status_code == 200
+    assert server.hub.topic_head("t").offset == 1
+
+
+# --- 10. documented behaviour --------------------------------------------------------------
+
+
+def test_only_star_is_a_wildcard_in_token_claims() -> None:
+    ident = Identity("u", ("rooms.?", "a[bc]", "projects.*"), ())
+    assert ident.allows(Action.SUBSCRIBE, "projects.42.tasks")
+    assert not ident.allows(Action.SUBSCRIBE, "rooms.1")  # '?' used to match any character
+    assert not ident.allows(Action.SUBSCRIBE, "ab")  # '[bc]' used to be a character class
+    assert topic_pattern("a*b").fullmatch("a/x/b")
+
+
+async def test_unauthenticated_bad_input_gets_401_before_400(start_hub: StartHub) -> None:
+    server = await start_hub(jwt_secret=SECRET, insecure_dev=False, api_keys="k1")
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        anonymous = await http.post("/publish", content=b"{oops")
+        assert anonymous.status_code == 401
+        wrong_key = await http.post(
+            "/publish", json={"topic": "t", "data": 1}, headers={"X-API-Key": "nope"}
+        )
+        assert wrong_key.status_code == 401
+        assert wrong_key.json()["message"] == "not a valid API key or token"  # not PyJWT's
+        keyed = await http.post(
+            "/publish",
+            content=b"{oops",
+            headers={"X-API-Key": "k1", "content-type": "application/json"},
+        )
+        assert keyed.status_code == 400
+
+
+async def test_token_expiry_is_enforced_on_time(start_hub: StartHub) -> None:
+    # Heartbeat checks every 15 s here: the old check, riding on them, closed up to 15 s late.
+    server = await start_hub(
+        jwt_secret=SECRET,
+        insecure_dev=False,
+        jwt_leeway=0,
+        heartbeat_interval=60.0,
+        heartbeat_timeout=60.0,
+    )
+    headers = {"Authorization": f"Bearer {token(ttl=2)}"}
+    async with websockets.connect(server.url, additional_headers=headers) as ws:
+        assert json.loads(await ws.recv())["type"] == "welcome"
+        opened = time.monotonic()
+        with contextlib.suppress(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+        waited = time.monotonic() - opened
+    assert ws.close_code == 1008 and ws.close_reason == "token expired"
+    assert waited < 10  # generous: the deadline is ~2 s, the old tick 15 s
+
+
+async def test_protocol_pings_count_as_signs_of_life(start_hub: StartHub) -> None:
+    server = await start_hub(heartbeat_interval=3 * T, heartbeat_timeout=3 * T)
+    # A non-browser client that answers nothing at the application level, but pings.
+    async with websockets.connect(server.url, ping_interval=T, ping_timeout=None) as ws:
+        await ws.recv()
+        await asyncio.sleep(30 * T)  # five heartbeat deadlines
+        await ws.send(json.dumps({"type": "ping", "ts": 1}))
+        while json.loads(await ws.recv())["type"] != "pong":
+            pass
+    assert server.hub.stats.heartbeat_timeouts == 0
+
+
+async def test_state_after_refused_topics_is_unchanged(start_hub: StartHub) -> None:
+    # A refused subscribe leaves no half-subscribed topic behind.
+    server = await start_hub(max_topics=1)
+    rec = Recorder(server.url)
+    await rec.subscribed("only")
+    async with websockets.connect(server.url) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "subscribe", "topic": "other"}))
+        assert json.loads(await ws.recv())["code"] == "too_many_topics"
+        await ws.send(json.dumps({"type": "unsubscribe", "topic": "other"}))
+        assert json.loads(await ws.recv())["type"] == "unsubscribed"
+    assert rec.client.state is State.CONNECTED
+    await rec.close()

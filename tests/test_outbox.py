@@ -41,7 +41,18 @@ def test_coalesce_replaces_unsent_item_with_same_key() -> None:
 def test_coalesce_never_replaces_an_item_in_flight() -> None:
     box = Outbox(max_size=3, policy=OutboxPolicy.COALESCE)
     box.add(item("a", key="k"))
-    box.unsent()[0].sent = True
+    box.take_unsent()
+    assert box.add(item("b", key="k")) == []
+    assert [i.id for i in box] == ["a", "b"]
+
+
+def test_coalesce_never_replaces_an_item_written_on_a_lost_connection() -> None:
+    # Issue 14.6: after a drop every unacked item is "unsent" again, but one that was
+    # written may have run on the hub; coalescing it reported MessageDropped falsely.
+    box = Outbox(max_size=3, policy=OutboxPolicy.COALESCE)
+    box.add(item("a", key="k"))
+    box.take_unsent()
+    box.mark_all_unsent()  # the connection dropped before the ack
     assert box.add(item("b", key="k")) == []
     assert [i.id for i in box] == ["a", "b"]
 

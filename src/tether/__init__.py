@@ -12,13 +12,16 @@ from .errors import (
     ErrorCode,
     MessageDropped,
     MessageExpired,
+    MessageTooBig,
     NackError,
     OutboxFull,
     Reject,
     TetherError,
 )
+from .payload import InvalidPayload
 from .protocol import PROTOCOL_VERSION, Cursor, Gap
 from .server import Hub, Incoming
+from .server.broker import TooManyTopics
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -34,13 +37,16 @@ __all__ = [
     "Hub",
     "HubConfig",
     "Incoming",
+    "InvalidPayload",
     "MessageDropped",
     "MessageExpired",
+    "MessageTooBig",
     "NackError",
     "OutboxFull",
     "OutboxPolicy",
     "Reject",
     "State",
     "TetherError",
+    "TooManyTopics",
 ]
 __version__ = "0.1.0"

@@ -107,6 +107,10 @@ class MessageExpired(TetherError):
     """A queued client message passed its TTL before the hub acknowledged it."""
 
 
+class MessageTooBig(TetherError):
+    """A client message larger than the hub's ``max_frame_bytes`` (it would be closed 1009)."""
+
+
 class MessageDropped(TetherError):
     """A queued client message was displaced by the outbox policy (drop-oldest / coalesce)."""
 

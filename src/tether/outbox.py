@@ -28,6 +28,8 @@ class OutboxItem:
     key: str | None = None
     #: Written on the current connection (reset on reconnect: everything unacked is re-sent).
     sent: bool = False
+    #: Ever written, on any connection: the hub may have run it, so it can't be coalesced.
+    written: bool = False
     #: Whatever the driver attaches to resolve the caller (an asyncio future).
     waiter: Any = field(default=None, repr=False)
 
@@ -57,9 +59,10 @@ class Outbox:
             raise ValueError(f"duplicate outbox id {item.id!r}")
         displaced: list[OutboxItem] = []
         if self.policy is OutboxPolicy.COALESCE and item.key is not None:
-            # Only an item not yet written can be replaced: one in flight may already apply.
+            # Only an item never written can be replaced: once written the hub may have run
+            # it (an ack lost with the connection), so dropping it would be a false report.
             for old in self._items.values():
-                if old.key == item.key and not old.sent:
+                if old.key == item.key and not old.written:
                     displaced.append(old)
                     del self._items[old.id]
                     break
@@ -88,6 +91,20 @@ class Outbox:
     def unsent(self) -> list[OutboxItem]:
         """Items not yet written on the current connection, oldest first."""
         return [item for item in self._items.values() if not item.sent]
+
+    def take_unsent(self) -> list[OutboxItem]:
+        """:meth:`unsent`, marked as written: the caller writes them now, in this order."""
+        items = self.unsent()
+        for item in items:
+            item.sent = item.written = True
+        return items
+
+    def remove_larger_than(self, limit: int) -> list[OutboxItem]:
+        """Remove and return the items whose frame exceeds ``limit`` bytes (never sendable)."""
+        big = [item for item in self._items.values() if len(item.frame) > limit]
+        for item in big:
+            del self._items[item.id]
+        return big
 
     def mark_all_unsent(self) -> None:
         """After a reconnect every unacknowledged item must be written again."""

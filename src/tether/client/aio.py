@@ -32,6 +32,7 @@ from ..errors import (
     CloseCode,
     MessageDropped,
     MessageExpired,
+    MessageTooBig,
     NackError,
     TetherError,
 )
@@ -55,6 +56,14 @@ logger = logging.getLogger("tether.client")
 #: (the hub's ``max_frame_bytes``, 64 KiB by default) plus the envelope; 4 MiB leaves
 #: room for apps that raise that limit while still bounding a hostile hub.
 MAX_INBOUND_FRAME = 4 * 1024 * 1024
+
+#: Room for a ``message`` frame's envelope around a payload of the hub's ``max_frame_bytes``
+#: (topic <= 200 characters, epoch <= 64, offset, ts and the keys): the reader's cap is
+#: raised to fit what the hub says it may send, so no valid message closes us with 1009.
+ENVELOPE_ALLOWANCE = 1024
+#: The most the reader's cap is ever raised to, whatever a hub advertises: bounds memory
+#: against a hostile hub.
+MAX_INBOUND_CEILING = 64 * 1024 * 1024
 
 #: Events (deliveries, resyncs) read but not yet handled by the app. Handlers run on
 #: their own task so a slow handler never delays pong replies; when this many are
@@ -399,6 +408,7 @@ class Client:
     async def _submit(self, item: OutboxItem, wait_ack: bool) -> Any:
         if self.state is State.CLOSED:
             raise ClientClosed("client is closed")
+        self._session.check_size(item)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         item.waiter = future
         for displaced in self._session.outbox.add(item):
@@ -576,6 +586,8 @@ class Client:
         if welcome.version != PROTOCOL_VERSION:
             await ws.close(CloseCode.PROTOCOL_ERROR, "unsupported protocol version")
             raise ConnectFailed(f"hub speaks protocol {welcome.version}", fatal=True)
+        needed = welcome.limits.max_frame_bytes + ENVELOPE_ALLOWANCE
+        ws.protocol.max_message_size = min(MAX_INBOUND_CEILING, max(MAX_INBOUND_FRAME, needed))
         return ws
 
     def _closed_failure(self, code: int, exc: ConnectionClosed) -> ConnectFailed:
@@ -599,6 +611,9 @@ class Client:
             return None
         self._machine.fire(Trigger.OPENED)
         frames = self._session.connection_opened(now=time.monotonic())
+        refused, self._session.refused = self._session.refused, []
+        for item in refused:
+            self._fail(item, MessageTooBig(f"message {item.id} is larger than the hub takes"))
         heartbeat = self._supervised(self._heartbeat(ws), ws, "heartbeat")
         refresher = self._supervised(self._refresh_token(ws), ws, "token refresh")
         try:

@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ProtocolError
+from ..errors import MessageTooBig, ProtocolError
 from ..outbox import Outbox, OutboxItem
 from ..payload import encode_payload
 from ..protocol import (
@@ -158,6 +158,11 @@ class ClientSession:
         self._next_id = 0
         self._last_received = 0.0
         self._next_ping = 0.0
+        #: The hub's ``max_frame_bytes`` (from ``welcome``): a bigger frame would be closed
+        #: with 1009, and re-sent after every reconnect, for ever.
+        self.max_frame_bytes: int | None = None
+        #: Outbox items too big for this hub, removed at connect; the driver fails them.
+        self.refused: list[OutboxItem] = []
 
     def __repr__(self) -> str:
         return (
@@ -216,14 +221,19 @@ class ClientSession:
         frame = encode(Publish(id=id, topic=topic, data=encode_payload(data)))
         return OutboxItem(id=id, frame=frame, expires_at=expires_at, key=key)
 
+    def check_size(self, item: OutboxItem) -> None:
+        """Raise :class:`MessageTooBig` if the hub is known to refuse ``item``'s frame."""
+        limit = self.max_frame_bytes
+        if limit is not None and len(item.frame) > limit:
+            raise MessageTooBig(
+                f"message is {len(item.frame)} bytes as a frame; the hub takes at most {limit}"
+            )
+
     def take_unsent(self) -> list[bytes]:
         """Frames of outbox items not yet written on this connection, marked as written."""
         if not self.connected:
             return []
-        items = self.outbox.unsent()
-        for item in items:
-            item.sent = True
-        return [item.frame for item in items]
+        return [item.frame for item in self.outbox.take_unsent()]
 
     # --- connection lifecycle -----------------------------------------------------------
 
@@ -233,6 +243,8 @@ class ClientSession:
         self._last_received = now
         self._next_ping = now + self.heartbeat_interval
         self.outbox.mark_all_unsent()
+        if self.max_frame_bytes is not None:
+            self.refused.extend(self.outbox.remove_larger_than(self.max_frame_bytes))
         frames = [self._subscribe_frame(sub) for sub in self._subs.values()]
         frames.extend(self.take_unsent())
         return frames
@@ -297,6 +309,7 @@ class ClientSession:
         if isinstance(frame, Welcome):
             self.heartbeat_interval = frame.heartbeat_ms / 1000
             self.heartbeat_timeout = frame.heartbeat_timeout_ms / 1000
+            self.max_frame_bytes = frame.limits.max_frame_bytes
             self._next_ping = now + self.heartbeat_interval
             self.counters.last_heartbeat = now
             return [Welcomed(frame)], []

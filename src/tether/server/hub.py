@@ -143,6 +143,7 @@ class HubStats:
     forbidden: int = 0
     sends_handled: int = 0
     sends_deduplicated: int = 0
+    overloaded: int = 0
     payloads_refused: int = 0
     undeliverable: int = 0
     internal_errors: int = 0
@@ -151,12 +152,15 @@ class HubStats:
 class _LinkState:
     """Per-connection hub bookkeeping for in-order client->hub message handling."""
 
-    __slots__ = ("expiry", "sends", "worker")
+    __slots__ = ("expiry", "queue", "sends_queued", "worker")
 
     def __init__(self) -> None:
-        # Created on first use: most connections never send, and an idle connection's
-        # footprint is what lets one node hold many.
-        self.sends: deque[Send | Publish] | None = None
+        #: Commands waiting for the one ahead of them (a running handler), in arrival
+        #: order. Created on first use: most connections never send, and an idle
+        #: connection's footprint is what lets one node hold many.
+        self.queue: deque[Command] | None = None
+        #: How many of those are client messages (bounded by ``max_pending_sends``).
+        self.sends_queued = 0
         self.worker: asyncio.Task[None] | None = None
         #: Closes the connection when its token expires (tokens with an ``exp`` only).
         self.expiry: asyncio.TimerHandle | None = None
@@ -400,6 +404,9 @@ class Hub:
     def _unsubscribe(self, link: Link, topic: str) -> None:
         subscribers = self._subscribers.get(topic)
         if subscribers is not None:
+            if link in subscribers and topic in self._pending:
+                # What was published while it was subscribed is still its to receive.
+                self._flush_topic(topic)
             subscribers.discard(link)
             if not subscribers:
                 del self._subscribers[topic]
@@ -438,10 +445,11 @@ class Hub:
         for topic in link.session.topics:
             self._unsubscribe(link, topic)
         link.session.topics.clear()
-        if state is not None and state.sends is not None:
+        if state is not None and state.queue is not None:
             # A handler already running finishes (its dedup entry must resolve for retries);
             # queued ones never started, so a retry on the next connection will run them.
-            state.sends.clear()
+            state.queue.clear()
+            state.sends_queued = 0
 
     def touch(self, link: Link) -> None:
         """A sign of life from ``link`` that carries no frame (a WebSocket ping or pong)."""
@@ -459,29 +467,58 @@ class Hub:
         self._apply(link, commands)
 
     def _apply(self, link: Link, commands: list[Command]) -> None:
+        """Apply a connection's commands in the order its frames arrived.
+
+        Most take effect at once. A ``send`` runs an async handler on the connection's
+        worker, and whatever arrives while anything is waiting there queues behind it,
+        so ``subscribe T, publish T, unsubscribe T`` always means what it says. Only
+        pongs (liveness) and reports skip the queue.
+        """
+        state = self._links.get(link)
         for command in commands:
-            if isinstance(command, Reply):
+            if isinstance(command, Reply) and command.urgent:
                 link.send_frames([command.frame])
-            elif isinstance(command, DoSubscribe):
-                self._subscribe(link, command.topic, command.resume)
-            elif isinstance(command, DoUnsubscribe):
-                self._unsubscribe(link, command.topic)
-            elif isinstance(command, DoSend):
-                self._enqueue_send(link, command.frame)
-            elif isinstance(command, DoAuth):
-                self._reauthenticate(link, command.token)
             elif isinstance(command, CountUndeliverable):
-                self.stats.undeliverable += 1
-                report = command.report
-                # INFO, not WARNING: a client could send these at its inbound rate.
-                logger.info(
-                    "client %s could not decode %s@%s offset %d: %s",
-                    link.session.id,
-                    report.topic,
-                    report.epoch,
-                    report.offset,
-                    report.reason,
-                )
+                self._count_undeliverable(link, command)
+            elif state is None:
+                if isinstance(command, Reply):
+                    link.send_frames([command.frame])
+            else:
+                runs_handler = isinstance(command, DoSend) and isinstance(command.frame, Send)
+                if state.queue or runs_handler or not self._run_now(link, command):
+                    self._enqueue(link, state, command)
+
+    def _run_now(self, link: Link, command: Command) -> bool:
+        """Apply a command that needs no waiting; False if it must queue after all."""
+        if isinstance(command, Reply):
+            link.send_frames([command.frame])
+        elif isinstance(command, DoSubscribe):
+            self._subscribe(link, command.topic, command.resume)
+        elif isinstance(command, DoUnsubscribe):
+            self._unsubscribe(link, command.topic)
+        elif isinstance(command, DoAuth):
+            self._reauthenticate(link, command.token)
+        elif isinstance(command, DoSend) and isinstance(command.frame, Publish):
+            reply = self._publish_once_now(link, command.frame)
+            if reply is None:
+                return False  # a retry of a message still being handled: wait for it
+            link.send_frames([reply])
+        else:  # pragma: no cover - sends always queue
+            raise AssertionError(f"cannot run {command!r} inline")
+        return True
+
+    def _count_undeliverable(self, link: Link, command: CountUndeliverable) -> None:
+        self.stats.undeliverable += 1
+        report = command.report
+        # INFO, not WARNING: a client could send these at its inbound rate.
+        logger.info(
+            "client %s could not decode %s@%s offset %d: %s",
+            link.session.id,
+            report.topic,
+            report.epoch,
+            report.offset,
+            report.reason,
+        )
 
     def _reauthenticate(self, link: Link, token: str) -> None:
         """A fresh token in a live connection: same subject, new permissions, re-checked."""
@@ -531,48 +568,73 @@ class Hub:
 
     # --- client -> hub messages ---------------------------------------------------------
 
-    def _enqueue_send(self, link: Link, frame: Send | Publish) -> None:
-        state = self._links.get(link)
-        if state is None:
+    def _enqueue(self, link: Link, state: _LinkState, command: Command) -> None:
+        c = self.config
+        queue = state.queue
+        if queue is None:
+            queue = state.queue = deque()
+        if isinstance(command, DoSend):
+            if state.sends_queued >= c.max_pending_sends:
+                nack = Nack(
+                    id=command.frame.id,
+                    code=ErrorCode.OVERLOADED,
+                    message="too many pending messages on this connection; retry later",
+                )
+                link.send_frames([encode(nack)])
+                return
+            state.sends_queued += 1
+        elif len(queue) >= c.max_pending_sends + c.inbound_burst:
+            # Frames pile up behind a handler that does not finish: shed this connection
+            # (it reconnects after the hint, resumes, and re-sends what was unacked).
+            self.stats.overloaded += 1
+            self._cut(link, CloseCode.TRY_AGAIN_LATER, self.retry_reason(), abort_after=None)
             return
-        if state.sends is None:
-            state.sends = deque()
-        if len(state.sends) >= self.config.max_pending_sends:
-            link.send_frames(
-                [
-                    encode(
-                        Nack(
-                            id=frame.id,
-                            code=ErrorCode.OVERLOADED,
-                            message="too many pending messages on this connection; retry later",
-                        )
-                    )
-                ]
-            )
-            return
-        state.sends.append(frame)
+        queue.append(command)
         if state.worker is None:
-            worker = asyncio.get_running_loop().create_task(self._send_worker(link, state))
+            worker = asyncio.get_running_loop().create_task(self._worker(link, state))
             worker.add_done_callback(lambda task: self._worker_ended(link, task))
             state.worker = worker
             self._workers.add(worker)
 
-    async def _send_worker(self, link: Link, state: _LinkState) -> None:
-        assert state.sends is not None
+    async def _worker(self, link: Link, state: _LinkState) -> None:
+        queue = state.queue
+        assert queue is not None
         try:
-            # Draining for shutdown: finish the running handler, start no other. The ones
-            # left are unacknowledged, so clients re-send them after reconnecting.
-            while state.sends and not self.draining:
-                frame = state.sends.popleft()
-                reply = await self._handle_once(link, frame)
-                link.send_frames([reply])
+            # Draining for shutdown: finish the running handler, start no other. The
+            # messages left are unacknowledged, so clients re-send them after reconnecting.
+            while queue and not self.draining:
+                command = queue.popleft()
+                if isinstance(command, DoSend):
+                    state.sends_queued -= 1
+                    reply = await self._handle_once(link, command.frame)
+                    link.send_frames([reply])
+                elif not link.closed:
+                    self._run_now(link, command)
         finally:
             state.worker = None
+
+    def _publish_once_now(self, link: Link, frame: Publish) -> bytes | None:
+        """A publish through the dedup window, synchronously; ``None`` if a run of the
+        same id is still in progress (the caller queues it to wait for that)."""
+        key = (link.identity.subject, frame.id)
+        now = time.monotonic()
+        earlier = self._dedup.get(key, now=now)
+        if earlier is not None and not earlier.cancelled():
+            if not earlier.done():
+                return None
+            self.stats.sends_deduplicated += 1
+            return earlier.result()
+        outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._dedup.put(key, outcome, now=now)
+        reply = self._execute_publish(link, frame)
+        outcome.set_result(reply)
+        self.stats.sends_handled += 1
+        return reply
 
     async def _handle_once(self, link: Link, frame: Send | Publish) -> bytes:
         key = (link.identity.subject, frame.id)
         earlier = self._dedup.get(key, now=time.monotonic())
-        if earlier is not None:
+        if earlier is not None and not earlier.cancelled():
             self.stats.sends_deduplicated += 1
             return await asyncio.shield(earlier)
         outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -587,19 +649,22 @@ class Hub:
         self.stats.sends_handled += 1
         return reply
 
+    def _execute_publish(self, link: Link, frame: Publish) -> bytes:
+        if not self.allowed(link.identity, Action.PUBLISH, frame.topic):
+            self.stats.forbidden += 1
+            return encode(
+                Nack(id=frame.id, code=ErrorCode.FORBIDDEN, message="not allowed to publish")
+            )
+        try:
+            entry = self.publish_raw(frame.topic, frame.data)
+        except (InvalidPayload, TooManyTopics) as exc:
+            return encode(Nack(id=frame.id, code=exc.code, message=exc.message))
+        epoch = self.broker.log(frame.topic).epoch
+        return encode(Ack(id=frame.id, result={"offset": entry.offset, "epoch": epoch}))
+
     async def _execute(self, link: Link, frame: Send | Publish) -> bytes:
         if isinstance(frame, Publish):
-            if not self.allowed(link.identity, Action.PUBLISH, frame.topic):
-                self.stats.forbidden += 1
-                return encode(
-                    Nack(id=frame.id, code=ErrorCode.FORBIDDEN, message="not allowed to publish")
-                )
-            try:
-                entry = self.publish_raw(frame.topic, frame.data)
-            except (InvalidPayload, TooManyTopics) as exc:
-                return encode(Nack(id=frame.id, code=exc.code, message=exc.message))
-            epoch = self.broker.log(frame.topic).epoch
-            return encode(Ack(id=frame.id, result={"offset": entry.offset, "epoch": epoch}))
+            return self._execute_publish(link, frame)
         handler = self._handlers.get(frame.event)
         if handler is None:
             return encode(
@@ -719,6 +784,14 @@ class Hub:
             self._cut(
                 link, CloseCode.INTERNAL_ERROR, "heartbeat timeout", abort_after=DEAD_PEER_ABORT
             )
+
+    def retry_reason(self) -> str:
+        """A 1013 close reason: come back after a randomised hint (load shedding)."""
+        spread_ms = int(self.config.restart_spread * 1000)
+        return json.dumps(
+            {"retry_after_ms": random.randint(0, spread_ms), "message": "overloaded"},
+            separators=(",", ":"),
+        )
 
     def restart_reason(self) -> str:
         """A 1012 close reason with a randomised retry hint, spreading the fleet's return."""

@@ -34,6 +34,10 @@ COUNTERS = {
     ),
     "auth_failures": ("tether_auth_failures", "Handshakes or refreshes with a bad token"),
     "forbidden": ("tether_forbidden", "Subscribes or publishes refused by permissions"),
+    "overloaded": (
+        "tether_overloaded",
+        "Connections shed with 1013: frames piled up behind a handler that did not finish",
+    ),
     "payloads_refused": (
         "tether_payloads_refused",
         "Publishes refused for a payload not every client can decode (invalid_payload)",

@@ -39,6 +39,8 @@ from .admission import TokenBucket
 @dataclass(frozen=True, slots=True)
 class Reply:
     frame: bytes
+    #: Sent at once, ahead of commands queued behind a running handler (pongs: liveness).
+    urgent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +151,7 @@ class ServerSession:
                 return [Reply(encode(Nack(id=exc.nack_id, code=exc.code, message=exc.message)))]
             return [Reply(error_frame(exc.code, exc.message, exc.ref))]
         if isinstance(frame, Ping):
-            return [Reply(encode(Pong(ts=frame.ts)))]
+            return [Reply(encode(Pong(ts=frame.ts)), urgent=True)]
         if isinstance(frame, Pong):
             return []
         if isinstance(frame, Subscribe):

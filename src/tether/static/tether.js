@@ -95,6 +95,9 @@ export class NackError extends TetherError {}
 export class OutboxFull extends TetherError {}
 export class MessageExpired extends TetherError {}
 export class MessageDropped extends TetherError {}
+// A client message larger than the hub's max_frame_bytes (it would be closed 1009, and re-sent
+// after every reconnect).
+export class MessageTooBig extends TetherError {}
 export class ClientClosed extends TetherError {}
 
 export class StateMachine {
@@ -152,7 +155,9 @@ class Outbox {
     const displaced = [];
     if (this.policy === "coalesce-by-key" && item.key != null) {
       for (const old of this.items.values()) {
-        if (old.key === item.key && !old.sent) {
+        // Never written only: once written the hub may have run it (an ack lost with
+        // the connection), so dropping it would report a loss that did not happen.
+        if (old.key === item.key && !old.written) {
           displaced.push(old);
           this.items.delete(old.id);
           break;
@@ -187,6 +192,11 @@ class Outbox {
   markAllUnsent() {
     for (const item of this.items.values()) item.sent = false;
   }
+  removeIf(predicate) {
+    const removed = [...this.items.values()].filter(predicate);
+    for (const item of removed) this.items.delete(item.id);
+    return removed;
+  }
   clear() {
     const all = [...this.items.values()];
     this.items.clear();
@@ -200,6 +210,8 @@ class Outbox {
 }
 
 // --- session: protocol logic without I/O (tether/client/session.py) ------------------------
+
+const utf8 = new TextEncoder();
 
 // Gap reason of a message that arrived but could not be decoded (docs/protocol.md).
 export const UNDELIVERABLE = "undeliverable";
@@ -244,6 +256,8 @@ export class Session {
     this.nextPing = 0;
     this.lastPoll = null;
     this.probeDeadline = null;
+    this.maxFrameBytes = null; // the hub's, from welcome
+    this.refused = []; // outbox items too big for the hub, removed at connect
   }
 
   cursor(topic) {
@@ -281,17 +295,17 @@ export class Session {
   makeSend(event, data, expiresAt, key = null) {
     const id = this.newId();
     const frame = JSON.stringify({ type: "send", id, event, data: data === undefined ? null : data });
-    return { id, frame, expiresAt, key, sent: false, resolve: null, reject: null };
+    return { id, frame, expiresAt, key, sent: false, written: false, resolve: null, reject: null };
   }
   makePublish(topic, data, expiresAt) {
     const id = this.newId();
     const frame = JSON.stringify({ type: "publish", id, topic, data: data === undefined ? null : data });
-    return { id, frame, expiresAt, key: null, sent: false, resolve: null, reject: null };
+    return { id, frame, expiresAt, key: null, sent: false, written: false, resolve: null, reject: null };
   }
   takeUnsent() {
     if (!this.connected) return [];
     const items = this.outbox.unsent();
-    for (const item of items) item.sent = true;
+    for (const item of items) item.sent = item.written = true;
     return items.map((i) => i.frame);
   }
 
@@ -302,8 +316,15 @@ export class Session {
     this.lastPoll = null;
     this.probeDeadline = null;
     this.outbox.markAllUnsent();
+    if (this.maxFrameBytes != null) this.refused.push(...this.outbox.removeIf((i) => !this.fits(i)));
     const frames = [...this.subs.values()].map((s) => this._subscribeFrame(s));
     return frames.concat(this.takeUnsent());
+  }
+  // Whether the hub takes this item's frame (UTF-8 bytes against its max_frame_bytes).
+  fits(item) {
+    const limit = this.maxFrameBytes;
+    if (limit == null || item.frame.length * 3 <= limit) return true; // can't exceed: skip encoding
+    return utf8.encode(item.frame).length <= limit;
   }
   connectionLost() {
     this.connected = false;
@@ -395,6 +416,7 @@ export class Session {
       case "welcome":
         this.heartbeatInterval = frame.heartbeat_ms / 1000;
         this.heartbeatTimeout = frame.heartbeat_timeout_ms / 1000;
+        this.maxFrameBytes = frame.limits ? frame.limits.max_frame_bytes : null;
         this.nextPing = now + this.heartbeatInterval;
         this.counters.lastHeartbeat = now;
         return { events: [{ kind: "welcome", welcome: frame }], replies: [] };
@@ -715,6 +737,9 @@ export class TetherClient extends EventTarget {
 
   _submit(item, waitAck) {
     if (this.state === State.CLOSED) return Promise.reject(new ClientClosed("client is closed"));
+    if (!this._session.fits(item)) {
+      return Promise.reject(new MessageTooBig(`message is larger than the hub takes (${this._session.maxFrameBytes} bytes)`));
+    }
     const promise = new Promise((resolve, reject) => {
       item.resolve = resolve;
       item.reject = reject;
@@ -865,6 +890,9 @@ export class TetherClient extends EventTarget {
     if (reconnect) this._m.totalReconnects += 1;
     this._machine.fire(Trigger.OPENED);
     const frames = this._session.connectionOpened(now());
+    for (const item of this._session.refused.splice(0)) {
+      item.reject(new MessageTooBig(`message ${item.id} is larger than the hub takes`));
+    }
     for (const f of frames) ws.send(f);
     if (reconnect) this._enqueue({ kind: "reconnected" });
     this._heartbeat(ws);

@@ -78,8 +78,15 @@ class HubConfig:
     )
     dedup_window: int = _field(
         10_000,
-        "Idempotency ids remembered to answer retries without re-running handlers; at ~200 B "
-        "each, 2 MB. Enough for every client's outbox (1000) ten times over.",
+        "Idempotency ids remembered per identity (token subject), or per address for "
+        "anonymous clients, to answer retries without re-running handlers: ten full client "
+        "outboxes (1000). Each evicts only its own oldest, so no neighbour can flush it.",
+    )
+    dedup_max_entries: int = _field(
+        200_000,
+        "Ids remembered in all, ~40 MB at ~200 B each. Past it the identity or address "
+        "holding the most loses its oldest first, so many small honest clients outlast a "
+        "few that send junk ids.",
     )
     dedup_ttl: float = _field(
         300.0,

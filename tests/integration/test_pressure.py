@@ -393,3 +393,78 @@ def test_frames_sent_in_one_write_take_effect_in_order(
                 received.append(f"{prefix}p{frame['data']}")
     assert acked == answers
     assert received == expected_messages
+
+
+# --- 1. dedup: no neighbour can flush another's records -------------------------------------
+
+
+async def _ack(ws: websockets.ClientConnection, msg_id: str) -> dict[str, object]:
+    while True:
+        frame: dict[str, object] = json.loads(await ws.recv())
+        if frame.get("id") == msg_id:
+            return frame
+
+
+async def test_junk_ids_from_one_client_cannot_flush_anothers_dedup(start_hub: StartHub) -> None:
+    # Issue 14.1: one global LRU of dedup_window ids; an anonymous client's junk evicted
+    # every record, and a legitimate retry ran its handler a second time.
+    hub = Hub(
+        port=0,
+        insecure_dev=True,
+        allowed_origins="*",
+        inbound_burst=10_000,
+        dedup_window=50,
+        handshake_rate=1_000.0,
+        handshake_burst=1_000,
+    )
+    runs: list[str] = []
+
+    @hub.on("charge")
+    async def charge(msg: Incoming) -> int:
+        runs.append(msg.id)
+        return len(runs)
+
+    server = await start_hub(hub)
+    victim_id = "0123456789abcdef-1"  # the official clients' form: instance, counter
+    frame = json.dumps({"type": "send", "id": victim_id, "event": "charge", "data": 1})
+    async with websockets.connect(server.url, local_addr=("127.0.0.2", 0)) as victim:
+        await victim.recv()
+        await victim.send(frame)
+        first = await _ack(victim, victim_id)
+    for c in range(4):  # the attacker, from another address: 4 x 100 junk ids
+        async with websockets.connect(server.url) as attacker:
+            await attacker.recv()
+            for n in range(100):
+                junk = f"{c:016x}-{n}" if n % 2 else f"junk-{c}-{n}"
+                await attacker.send(
+                    json.dumps({"type": "send", "id": junk, "event": "nobody", "data": 0})
+                )
+            await _ack(attacker, f"{c:016x}-99")
+    # The victim's retry, from a third address (its network changed): remembered.
+    async with websockets.connect(server.url, local_addr=("127.0.0.3", 0)) as victim:
+        await victim.recv()
+        await victim.send(frame)
+        again = await _ack(victim, victim_id)
+    assert again == first and runs == [victim_id]
+
+
+async def test_anonymous_clients_at_different_addresses_do_not_share_plain_ids(
+    start_hub: StartHub,
+) -> None:
+    # Issue 14.1: a second anonymous client reusing an id got the first one's result.
+    hub = Hub(port=0, insecure_dev=True, allowed_origins="*")
+    seen: list[object] = []
+
+    @hub.on("echo")
+    async def echo(msg: Incoming) -> object:
+        seen.append(msg.data)
+        return msg.data
+
+    server = await start_hub(hub)
+    results = []
+    for address, data in (("127.0.0.2", "first"), ("127.0.0.3", "second")):
+        async with websockets.connect(server.url, local_addr=(address, 0)) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "send", "id": "1", "event": "echo", "data": data}))
+            results.append((await _ack(ws, "1"))["result"])
+    assert results == ["first", "second"] and seen == ["first", "second"]

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import secrets
 import time
 from collections import deque
@@ -81,6 +82,8 @@ from .session import (
 logger = logging.getLogger("tether.hub")
 
 _topic_decoder = msgspec.json.Decoder(Topic)
+#: The id form of the official clients: a random 64-bit client instance, then a counter.
+_CLIENT_INSTANCE = re.compile(r"^([0-9a-f]{16})-[0-9]+$")
 
 #: How long a cut-off slow consumer's close frame may wait behind its full buffer before
 #: the socket is aborted: its buffer is what we are protecting, so not long.
@@ -195,7 +198,7 @@ class Hub:
         self._links: dict[Link, _LinkState] = {}
         self._handlers: dict[str, Handler] = {}
         self._dedup: DedupWindow[tuple[str, str], asyncio.Future[bytes]] = DedupWindow(
-            max_entries=c.dedup_window, ttl=c.dedup_ttl
+            per_charge=c.dedup_window, max_entries=c.dedup_max_entries, ttl=c.dedup_ttl
         )
         self._pending: dict[str, list[bytes]] = {}
         self._flush_handle: asyncio.Handle | None = None
@@ -616,7 +619,7 @@ class Hub:
     def _publish_once_now(self, link: Link, frame: Publish) -> bytes | None:
         """A publish through the dedup window, synchronously; ``None`` if a run of the
         same id is still in progress (the caller queues it to wait for that)."""
-        key = (link.identity.subject, frame.id)
+        key, charge = self._dedup_key(link, frame.id)
         now = time.monotonic()
         earlier = self._dedup.get(key, now=now)
         if earlier is not None and not earlier.cancelled():
@@ -625,20 +628,35 @@ class Hub:
             self.stats.sends_deduplicated += 1
             return earlier.result()
         outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._dedup.put(key, outcome, now=now)
+        self._dedup.put(key, outcome, charge=charge, now=now)
         reply = self._execute_publish(link, frame)
         outcome.set_result(reply)
         self.stats.sends_handled += 1
         return reply
 
+    def _dedup_key(self, link: Link, msg_id: str) -> tuple[tuple[str, str], str]:
+        """Where a message id is remembered, and whose budget it is charged to.
+
+        With authentication both are the token's subject. Anonymous clients have no
+        identity: their ids are charged to their address, and scoped by the client
+        instance an official id names (``<16 random hex>-<n>``: unguessable, and it
+        survives reconnects from another address), else by the address too.
+        """
+        if self.authenticator is not None:
+            scope = "sub:" + link.identity.subject
+            return (scope, msg_id), scope
+        charge = "addr:" + link.address
+        instance = _CLIENT_INSTANCE.match(msg_id)
+        return ("client:" + instance[1] if instance else charge, msg_id), charge
+
     async def _handle_once(self, link: Link, frame: Send | Publish) -> bytes:
-        key = (link.identity.subject, frame.id)
+        key, charge = self._dedup_key(link, frame.id)
         earlier = self._dedup.get(key, now=time.monotonic())
         if earlier is not None and not earlier.cancelled():
             self.stats.sends_deduplicated += 1
             return await asyncio.shield(earlier)
         outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._dedup.put(key, outcome, now=time.monotonic())
+        self._dedup.put(key, outcome, charge=charge, now=time.monotonic())
         try:
             reply = await self._execute(link, frame)
         except BaseException:

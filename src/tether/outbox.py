@@ -77,6 +77,9 @@ class Outbox:
         self._items[item.id] = item
         return displaced
 
+    def get(self, id: str) -> OutboxItem | None:
+        return self._items.get(id)
+
     def resolve(self, id: str) -> OutboxItem | None:
         """Remove and return the item the hub answered (ack or nack) for, if still queued."""
         return self._items.pop(id, None)

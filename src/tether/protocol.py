@@ -96,6 +96,9 @@ class Limits(msgspec.Struct, kw_only=True):
     max_frame_bytes: int
     max_subscriptions: int
     dedup_window: int
+    #: The hub's inbound token bucket: clients pace their frames to stay inside it.
+    inbound_rate: float = 0.0
+    inbound_burst: int = 0
 
 
 class Welcome(_Frame, tag="welcome"):
@@ -156,12 +159,16 @@ class Nack(_Frame, tag="nack"):
     id: str
     code: str
     message: str
+    #: Set on refusals that are not final (``rate_limited``, ``overloaded``): retry then.
+    retry_after_ms: int | None = None
 
 
 class Error(_Frame, tag="error"):
     code: str
     message: str
     ref: str | None = None
+    #: Set on refusals that are not final (``rate_limited``): re-send the frame then.
+    retry_after_ms: int | None = None
 
 
 class Authed(_Frame, tag="authed"):
@@ -229,17 +236,25 @@ def encode_data(value: Any) -> msgspec.Raw:
         raise TypeError(f"payload is not JSON-serialisable: {exc}") from None
 
 
-def _refusal(code: ErrorCode, message: str, data: bytes | str) -> ProtocolError:
-    """A :class:`ProtocolError` naming the frame (``ref``, ``nack_id``) when it can be read."""
+def frame_names(data: bytes | str) -> tuple[str | None, str | None]:
+    """``(ref, nack_id)`` of a frame the hub refuses, when they can be read: ``ref`` is
+    its ``id`` or ``topic``; ``nack_id`` its ``id`` if it is a ``send``/``publish``
+    (answered with a ``nack``, so the sender's outbox hears about it)."""
     try:
         probe = _probe_decoder.decode(data)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-        return ProtocolError(code, message)
+        return None, None
     ref = next((v for v in (probe.id, probe.topic) if isinstance(v, str) and len(v) <= 200), None)
     nack_id = None
     acked = isinstance(probe.type, str) and probe.type in _ACKED_TYPES
     if acked and isinstance(probe.id, str) and 1 <= len(probe.id) <= 64:
         nack_id = probe.id
+    return ref, nack_id
+
+
+def _refusal(code: ErrorCode, message: str, data: bytes | str) -> ProtocolError:
+    """A :class:`ProtocolError` naming the frame (``ref``, ``nack_id``) when it can be read."""
+    ref, nack_id = frame_names(data)
     return ProtocolError(code, message, ref=ref, nack_id=nack_id)
 
 

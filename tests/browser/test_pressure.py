@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from playwright.async_api import Browser
 
+from tether import Hub, Incoming
+
 from ..conftest import StartHub
 from ..support import eventually
 from .conftest import BrowserClient
@@ -40,3 +42,42 @@ async def test_an_oversize_send_fails_once_instead_of_reconnecting_in_a_loop(
     metrics = await client.metrics()
     assert metrics["totalReconnects"] == 0 and metrics["outboxSize"] == 0
     await page.evaluate("() => window.client.close()")
+
+
+async def test_an_outbox_flush_past_the_burst_is_paced_and_all_acked_in_order(
+    browser: Browser, start_hub: StartHub
+) -> None:
+    hub = Hub(port=0, insecure_dev=True, allowed_origins="*", inbound_rate=200.0, inbound_burst=40)
+    handled: list[int] = []
+
+    @hub.on("n")
+    async def record(msg: Incoming) -> int:
+        handled.append(int(msg.data))
+        return int(msg.data)
+
+    server = await start_hub(hub)
+    page = await (await browser.new_context()).new_page()
+    await page.goto(server.http_url + "/healthz")
+    results = await page.evaluate(
+        """async (url) => {
+            const t = await import('/tether.js');
+            const client = t.connect(url, { persistCursors: false });
+            for (let n = 0; n < 60; n++) client.subscribe(`t${n}`, () => {});
+            const sends = [];
+            for (let n = 0; n < 300; n++) sends.push(client.send('n', n));
+            const acked = await Promise.all(sends);
+            const live = await new Promise((resolve) => {
+                const check = () => {
+                    if ([...Array(60).keys()].every((n) => client.isLive(`t${n}`))) resolve(true);
+                    else setTimeout(check, 20);
+                };
+                check();
+            });
+            client.close();
+            return { acked, live };
+        }""",
+        server.url,
+    )
+    assert results["acked"] == list(range(300))
+    assert results["live"] is True
+    assert handled == list(range(300))

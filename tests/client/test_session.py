@@ -181,7 +181,7 @@ def test_acks_and_nacks_resolve_outbox_items_once() -> None:
     s = session()
     item = s.make_send("e", {"x": 1}, expires_at=99)
     s.outbox.add(item)
-    assert s.take_unsent() == [item.frame]
+    assert s.due(now=0) == ([item.frame], None)
     events, _ = s.receive(encode(Ack(id=item.id, result=7)), now=0)
     assert events == [Resolved(item, True, result=7)]
     events, _ = s.receive(encode(Ack(id=item.id, result=7)), now=0)

@@ -468,3 +468,91 @@ async def test_anonymous_clients_at_different_addresses_do_not_share_plain_ids(
             await ws.send(json.dumps({"type": "send", "id": "1", "event": "echo", "data": data}))
             results.append((await _ack(ws, "1"))["result"])
     assert results == ["first", "second"] and seen == ["first", "second"]
+
+
+# --- 2. rate limits never lose a frame ------------------------------------------------------
+
+LIMITED = {"inbound_rate": 200.0, "inbound_burst": 40}
+
+
+async def test_the_hub_names_each_rate_limited_frame_and_says_when(start_hub: StartHub) -> None:
+    server = await start_hub(**LIMITED)
+    frames = [{"type": "publish", "id": f"p{n}", "topic": "t", "data": n} for n in range(45)] + [
+        {"type": "subscribe", "topic": "late"}
+    ]
+    wire = b"".join(
+        Frame(Opcode.TEXT, json.dumps(f).encode()).serialize(mask=True, extensions=[])
+        for f in frames
+    )
+    async with websockets.connect(server.url) as ws:
+        await ws.recv()
+        ws.transport.write(wire)  # one write: more than the burst at once
+        answers = [json.loads(await ws.recv()) for _ in range(len(frames))]
+    refused = [a for a in answers if a.get("code") == "rate_limited"]
+    assert refused, answers
+    for answer in refused:
+        assert answer["retry_after_ms"] >= 1
+        if answer["type"] == "nack":
+            assert answer["id"].startswith("p")  # named: the sender re-sends exactly it
+        else:
+            assert (answer["type"], answer["ref"]) == ("error", "late")
+
+
+async def test_an_outbox_flush_past_the_burst_is_paced_and_all_acked_in_order(
+    start_hub: StartHub,
+) -> None:
+    # Issue 14.2: 300 sends queued offline, reconnect: 100 acked, 200 expired on a healthy
+    # connection, and a later send overtook them.
+    hub = Hub(port=0, insecure_dev=True, allowed_origins="*", **LIMITED)
+    handled: list[int] = []
+
+    @hub.on("n")
+    async def record(msg: Incoming) -> int:
+        handled.append(int(msg.data))
+        return int(msg.data)
+
+    server = await start_hub(hub)
+    client = Client(server.url, **client_options())
+    queued = [asyncio.ensure_future(client.send("n", n)) for n in range(300)]
+    await client.connect(timeout=100 * T)
+    later = await asyncio.wait_for(client.send("n", 300), 200 * T)
+    assert [await asyncio.wait_for(f, 200 * T) for f in queued] == list(range(300))
+    assert later == 300
+    assert handled == list(range(301))  # in order, each once
+    await client.close()
+
+
+async def test_many_subscriptions_and_queued_publishes_all_get_through(
+    start_hub: StartHub,
+) -> None:
+    # Issue 14.2: 100 subscriptions plus 20 queued publishes: 0 of 20 acked.
+    server = await start_hub(**LIMITED)
+    rec = Recorder(server.url)
+    topics = [f"t{n}" for n in range(100)]
+    await rec.subscribe(*topics)
+    publishes = [asyncio.ensure_future(rec.client.publish("t0", n)) for n in range(20)]
+    await rec.client.connect(timeout=100 * T)
+    acks = [await asyncio.wait_for(p, 200 * T) for p in publishes]
+    assert [a["offset"] for a in acks] == list(range(1, 21))
+    await eventually(lambda: all(rec.client.is_live(t) for t in topics), what="all live")
+    await rec.close()
+
+
+async def test_refused_frames_are_retried_after_the_hint(
+    start_hub: StartHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that overshoots the hub's rate (here: pacing switched off) still loses
+    # nothing: every refusal names its frame, which goes again after retry_after_ms.
+    monkeypatch.setattr("tether.client.session.PACE_RATE_SHARE", 1000.0)
+    monkeypatch.setattr("tether.client.session.PACE_BURST_SHARE", 1000.0)
+    server = await start_hub(**LIMITED)
+    rec = Recorder(server.url)
+    topics = [f"t{n}" for n in range(60)]
+    await rec.subscribe(*topics)
+    publishes = [asyncio.ensure_future(rec.client.publish("t0", n)) for n in range(60)]
+    await rec.client.connect(timeout=100 * T)
+    acks = [await asyncio.wait_for(p, 200 * T) for p in publishes]
+    assert sorted(a["offset"] for a in acks) == list(range(1, 61))
+    await eventually(lambda: all(rec.client.is_live(t) for t in topics), what="all live")
+    await rec.client.unsubscribe("t1")
+    await rec.close()

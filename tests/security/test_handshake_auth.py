@@ -98,6 +98,7 @@ async def test_refresh_keeps_subject_and_rechecks_subscriptions(secure: HubServe
             "code": "forbidden",
             "message": "no longer allowed",
             "ref": "b",
+            "retry_after_ms": None,
         }
         authed = json.loads(await ws.recv())
         assert authed["type"] == "authed" and authed["subject"] == "alice"

@@ -213,6 +213,8 @@ class Client:
         self._retry_requested = False
         self._state_waiters: list[tuple[set[State], asyncio.Future[State]]] = []
         self._expiry_timer: asyncio.TimerHandle | None = None
+        self._pump_timer: asyncio.TimerHandle | None = None
+        self._pump_task: asyncio.Future[None] | None = None
         self._connected_at = 0.0
         self._next_attempt_at: float | None = None
         # Counters (the rest live in the session).
@@ -317,14 +319,16 @@ class Client:
         self._handlers[topic] = handler
         frame = self._session.subscribe(topic, resume=resume)
         if frame is not None:
-            await self._write([frame])
+            self._session.pace([frame])
+            await self._pump()
 
     async def unsubscribe(self, topic: str) -> None:
         self._handlers.pop(topic, None)
         self._delivered.pop(topic, None)
         frame = self._session.unsubscribe(topic)
         if frame is not None:
-            await self._write([frame])
+            self._session.pace([frame])
+            await self._pump()
 
     async def send(
         self,
@@ -388,6 +392,8 @@ class Client:
                     logger.exception("client task %s had crashed", task.get_name())
         if self._expiry_timer is not None:
             self._expiry_timer.cancel()
+        if self._pump_timer is not None:
+            self._pump_timer.cancel()
         for item in self._session.outbox.clear():
             self._fail(item, ClientClosed("client closed before the hub acknowledged"))
 
@@ -415,7 +421,7 @@ class Client:
             self._fail(displaced, MessageDropped(f"message {displaced.id} displaced by policy"))
         self._schedule_expiry()
         if self._session.connected:
-            await self._write([])  # flushes the outbox's unsent items in order
+            await self._pump()  # the outbox's unsent items, in order, at the hub's pace
         if wait_ack:
             return await future
         future.add_done_callback(_log_unretrieved)
@@ -617,14 +623,18 @@ class Client:
         heartbeat = self._supervised(self._heartbeat(ws), ws, "heartbeat")
         refresher = self._supervised(self._refresh_token(ws), ws, "token refresh")
         try:
-            await self._write(frames, ws=ws, flush_outbox=False)
+            await self._write(frames, ws=ws)
+            await self._pump(ws)  # schedules what the hub's rate makes wait
             if reconnect:
                 await self._inbox.put(_RECONNECTED)
             while True:
                 raw = await ws.recv(decode=False)
                 events, replies = self._session.receive(raw, now=time.monotonic())
                 if replies:
-                    await self._write(replies, ws=ws, flush_outbox=False)
+                    await self._write(replies, ws=ws)
+                if self._session.repace:  # a refusal: what it held back goes later
+                    self._session.repace = False
+                    await self._pump(ws)
                 for event in events:
                     if isinstance(event, Delivery | Resync | SubscriptionConfirmed):
                         await self._inbox.put(event)  # waits when full: backpressure
@@ -681,7 +691,7 @@ class Client:
                 await asyncio.sleep(min(5.0, max(0.1, lifetime * (1 - REFRESH_AT) / 4)))
                 continue
             if token:
-                await self._write([encode(Auth(token=token))], ws=ws, flush_outbox=False)
+                await self._write([encode(Auth(token=token))], ws=ws)
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         while True:
@@ -695,28 +705,55 @@ class Client:
                 ws.transport.abort()
                 return
             if poll.frames:
-                await self._write(poll.frames, ws=ws, flush_outbox=False)
+                await self._write(poll.frames, ws=ws)
             wake = poll.wake_at
             if self._attempts:
                 wake = min(wake, self._connected_at + self.config.stable_after)
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
-    async def _write(
-        self, frames: list[bytes], *, ws: ClientConnection | None = None, flush_outbox: bool = True
-    ) -> None:
-        """Write frames, then any unsent outbox items, in order, on the current connection."""
+    async def _write(self, frames: list[bytes], *, ws: ClientConnection | None = None) -> None:
+        """Write these frames now (unpaced: pongs, pings, token refreshes, reports)."""
+        conn = ws if ws is not None else self._ws
+        if conn is None or not frames:
+            return
+        async with self._write_lock:
+            await self._send_all(conn, frames)
+
+    async def _pump(self, ws: ClientConnection | None = None) -> None:
+        """Write what the session's pacing allows now; set a timer for the rest."""
         conn = ws if ws is not None else self._ws
         if conn is None:
             return
         async with self._write_lock:
-            pending = list(frames)
-            if flush_outbox or ws is None:
-                pending.extend(self._session.take_unsent())
-            try:
-                for frame in pending:
-                    await conn.send(frame, text=True)
-            except ConnectionClosed:
-                pass  # the reader notices; unsent outbox items are re-sent on reconnect
+            frames, wake = self._session.due(now=time.monotonic())
+            await self._send_all(conn, frames)
+        if self._pump_timer is not None:
+            self._pump_timer.cancel()
+            self._pump_timer = None
+        if wake is not None:
+            delay = max(0.0, wake - time.monotonic())
+            self._pump_timer = asyncio.get_running_loop().call_later(delay, self._pump_soon)
+
+    def _pump_soon(self) -> None:
+        self._pump_timer = None
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = asyncio.ensure_future(self._pump())
+            self._pump_task.add_done_callback(self._pump_done)
+
+    def _pump_done(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("paced write failed", exc_info=task.exception())
+            self._internal_error("paced writer")
+            if self._ws is not None:
+                self._ws.transport.abort()
+
+    @staticmethod
+    async def _send_all(conn: ClientConnection, frames: list[bytes]) -> None:
+        try:
+            for frame in frames:
+                await conn.send(frame, text=True)
+        except ConnectionClosed:
+            pass  # the reader notices; unacked outbox items are re-sent on reconnect
 
     async def _dispatch_loop(self) -> None:
         """Hand events to the app, one at a time, in the order they were read."""

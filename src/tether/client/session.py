@@ -16,10 +16,11 @@ skipped silently.
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MessageTooBig, ProtocolError
+from ..errors import ErrorCode, MessageTooBig, ProtocolError
 from ..outbox import Outbox, OutboxItem
 from ..payload import encode_payload
 from ..protocol import (
@@ -46,6 +47,17 @@ from ..protocol import (
     encode_data,
     message_envelope,
 )
+from ..ratelimit import TokenBucket
+
+#: Shares of the hub's advertised inbound rate and burst a client allows itself: frames
+#: bunch up in transit (TCP, a busy event loop) and pings and pongs are not paced, so a
+#: client sending at the hub's exact rate would still be refused now and then.
+PACE_RATE_SHARE = 0.9
+PACE_BURST_SHARE = 0.5
+#: Refusals that are not final: the frame goes again after the hub's ``retry_after_ms``.
+RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.OVERLOADED})
+#: When a refusal carries no ``retry_after_ms`` (an older hub): one second.
+DEFAULT_RETRY_MS = 1000
 
 # --- events handed to the driver ------------------------------------------------------------
 
@@ -158,6 +170,16 @@ class ClientSession:
         self._next_id = 0
         self._last_received = 0.0
         self._next_ping = 0.0
+        #: The hub's inbound rate, scaled by the PACE_* shares (from ``welcome``).
+        self._bucket: TokenBucket | None = None
+        #: Subscribe/unsubscribe frames waiting for the bucket, in order.
+        self._paced: deque[bytes] = deque()
+        #: After a refusal (rate_limited / overloaded), nothing paced goes before this.
+        self._hold_until = 0.0
+        #: Topics unsubscribed on this connection and not yet confirmed (re-sent if refused).
+        self._unsubscribing: set[str] = set()
+        #: Set when a refusal changed what :meth:`due` will give; the driver clears it.
+        self.repace = False
         #: The hub's ``max_frame_bytes`` (from ``welcome``): a bigger frame would be closed
         #: with 1009, and re-sent after every reconnect, for ever.
         self.max_frame_bytes: int | None = None
@@ -194,6 +216,7 @@ class ClientSession:
     def unsubscribe(self, topic: str) -> bytes | None:
         if self._subs.pop(topic, None) is None or not self.connected:
             return None
+        self._unsubscribing.add(topic)
         return encode(Unsubscribe(topic=topic))
 
     def _subscribe_frame(self, sub: _Sub) -> bytes:
@@ -229,28 +252,73 @@ class ClientSession:
                 f"message is {len(item.frame)} bytes as a frame; the hub takes at most {limit}"
             )
 
-    def take_unsent(self) -> list[bytes]:
-        """Frames of outbox items not yet written on this connection, marked as written."""
+    # --- pacing -------------------------------------------------------------------------
+
+    def pace(self, frames: list[bytes]) -> None:
+        """Queue frames to go out within the hub's inbound rate, ahead of the outbox."""
+        if self.connected:
+            self._paced.extend(frames)
+
+    def due(self, *, now: float) -> tuple[list[bytes], float | None]:
+        """The paced frames, then the unsent outbox items, that may be written now (marked
+        written), and when to ask again if some must wait (``None``: nothing waits).
+
+        Pacing keeps the client inside the rate the hub advertised, so an outbox flush
+        or a re-subscribe of many topics at reconnect is not refused; after a refusal
+        nothing goes until the hub's ``retry_after_ms`` has passed, and what was refused
+        goes again, in order.
+        """
         if not self.connected:
-            return []
-        return [item.frame for item in self.outbox.take_unsent()]
+            return [], None
+        if now < self._hold_until:
+            return [], self._hold_until
+        frames: list[bytes] = []
+        unsent: deque[OutboxItem] | None = None
+        bucket = self._bucket
+        while True:
+            item = None
+            if not self._paced:
+                if unsent is None:
+                    unsent = deque(self.outbox.unsent())
+                if not unsent:
+                    return frames, None
+                item = unsent[0]
+            if bucket is not None and not bucket.take(now):
+                return frames, now + bucket.wait()
+            if item is None:
+                frames.append(self._paced.popleft())
+            else:
+                assert unsent is not None
+                unsent.popleft()
+                item.sent = item.written = True
+                frames.append(item.frame)
+
+    def _hold(self, now: float, retry_after_ms: int | None) -> None:
+        """The hub refused a frame for now: send nothing paced before it says so."""
+        wait = (retry_after_ms if retry_after_ms is not None else DEFAULT_RETRY_MS) / 1000
+        self._hold_until = max(self._hold_until, now + wait)
+        self.repace = True
 
     # --- connection lifecycle -----------------------------------------------------------
 
     def connection_opened(self, *, now: float) -> list[bytes]:
-        """The socket is open: re-subscribe every topic from its cursor, then flush the outbox."""
+        """The socket is open: re-subscribe every topic from its cursor, then flush the
+        outbox; returns the frames due now (the rest follow as :meth:`due` allows)."""
         self.connected = True
+        self._paced.clear()
+        self._unsubscribing.clear()
+        self._hold_until = 0.0
         self._last_received = now
         self._next_ping = now + self.heartbeat_interval
         self.outbox.mark_all_unsent()
         if self.max_frame_bytes is not None:
             self.refused.extend(self.outbox.remove_larger_than(self.max_frame_bytes))
-        frames = [self._subscribe_frame(sub) for sub in self._subs.values()]
-        frames.extend(self.take_unsent())
-        return frames
+        self._paced.extend(self._subscribe_frame(sub) for sub in self._subs.values())
+        return self.due(now=now)[0]
 
     def connection_lost(self) -> None:
         self.connected = False
+        self._paced.clear()  # never written: connection_opened rebuilds what is needed
         for sub in self._subs.values():
             sub.confirmed = False
         self.outbox.mark_all_unsent()
@@ -299,6 +367,16 @@ class ClientSession:
             return [], []
         if isinstance(frame, Subscribed):
             return self._on_subscribed(frame), []
+        if isinstance(frame, Nack) and frame.code in RETRYABLE:
+            item = self.outbox.get(frame.id)
+            if item is not None:  # not final: keep it, re-send it when the hub says
+                item.sent = False
+                self._hold(now, frame.retry_after_ms)
+            return [], []
+        if isinstance(frame, Error) and frame.code in RETRYABLE:
+            self._hold(now, frame.retry_after_ms)
+            self._repace_refused(frame.ref)
+            return [], []
         if isinstance(frame, Ack | Nack):
             item = self.outbox.resolve(frame.id)
             if item is None:
@@ -310,14 +388,35 @@ class ClientSession:
             self.heartbeat_interval = frame.heartbeat_ms / 1000
             self.heartbeat_timeout = frame.heartbeat_timeout_ms / 1000
             self.max_frame_bytes = frame.limits.max_frame_bytes
+            limits = frame.limits
+            self._bucket = None
+            if limits.inbound_rate > 0 and limits.inbound_burst > 0:
+                self._bucket = TokenBucket(
+                    rate=limits.inbound_rate * PACE_RATE_SHARE,
+                    burst=max(1, int(limits.inbound_burst * PACE_BURST_SHARE)),
+                    now=now,
+                )
             self._next_ping = now + self.heartbeat_interval
             self.counters.last_heartbeat = now
             return [Welcomed(frame)], []
         if isinstance(frame, Error):
             return [ServerError(frame.code, frame.message, frame.ref)], []
-        if isinstance(frame, Unsubscribed | Authed):
+        if isinstance(frame, Unsubscribed):
+            self._unsubscribing.discard(frame.topic)
+            return [], []
+        if isinstance(frame, Authed):
             return [], []
         raise AssertionError(f"unhandled frame {frame!r}")  # pragma: no cover
+
+    def _repace_refused(self, topic: str | None) -> None:
+        """Re-queue the subscribe or unsubscribe the hub refused (named by ``ref``)."""
+        if topic is None:
+            return
+        sub = self._subs.get(topic)
+        if sub is not None and not sub.confirmed:
+            self._paced.append(self._subscribe_frame(sub))
+        elif topic in self._unsubscribing:
+            self._paced.append(encode(Unsubscribe(topic=topic)))
 
     def _on_subscribed(self, reply: Subscribed) -> list[Event]:
         sub = self._subs.get(reply.topic)

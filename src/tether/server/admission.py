@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..config import HubConfig
+from ..ratelimit import TokenBucket
 
 #: Addresses whose handshake buckets are remembered at once. A full bucket is the same
 #: as a forgotten one, so evicting the least recently seen loses nothing but bounds
@@ -37,28 +38,6 @@ class Refusal:
     status: int
     reason: str
     retry_after: int | None = None
-
-
-class TokenBucket:
-    __slots__ = ("burst", "rate", "tokens", "updated")
-
-    def __init__(self, *, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.updated = now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-    def wait(self) -> float:
-        """Seconds until one token is available."""
-        return 0.0 if self.tokens >= 1 or self.rate <= 0 else (1 - self.tokens) / self.rate
 
 
 def parse_origins(value: str) -> frozenset[str] | None:

@@ -88,6 +88,9 @@ _CLIENT_INSTANCE = re.compile(r"^([0-9a-f]{16})-[0-9]+$")
 #: How long a cut-off slow consumer's close frame may wait behind its full buffer before
 #: the socket is aborted: its buffer is what we are protecting, so not long.
 SLOW_CONSUMER_ABORT = 0.5
+#: When a client may retry a message nacked ``overloaded`` (its connection's queue of
+#: pending messages was full): a handler's typical run, so the queue has moved on.
+OVERLOADED_RETRY_MS = 1000
 #: A silent peer is presumed dead: give its close handshake a second, then abort.
 DEAD_PEER_ABORT = 1.0
 
@@ -582,6 +585,7 @@ class Hub:
                     id=command.frame.id,
                     code=ErrorCode.OVERLOADED,
                     message="too many pending messages on this connection; retry later",
+                    retry_after_ms=OVERLOADED_RETRY_MS,
                 )
                 link.send_frames([encode(nack)])
                 return

@@ -8,6 +8,7 @@ Bad input becomes an ``error`` frame and changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,8 +33,9 @@ from ..protocol import (
     Welcome,
     decode_client_frame,
     encode,
+    frame_names,
 )
-from .admission import TokenBucket
+from ..ratelimit import TokenBucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,8 @@ class ServerSession:
                     max_frame_bytes=c.max_frame_bytes,
                     max_subscriptions=c.max_subscriptions,
                     dedup_window=c.dedup_window,
+                    inbound_rate=c.inbound_rate,
+                    inbound_burst=c.inbound_burst,
                 ),
                 ts=wall_ms,
             )
@@ -125,6 +129,22 @@ class ServerSession:
         """Silent past its heartbeat deadline (interval + timeout)?"""
         c = self.config
         return now - self.last_received > c.heartbeat_interval + c.heartbeat_timeout
+
+    def _rate_limited(self, data: str | bytes) -> Reply:
+        """Refuse a frame past the inbound rate, naming it and saying when to retry, so the
+        client re-sends exactly it (a nack for a send/publish, else an error with ref)."""
+        retry_ms = max(1, math.ceil(self._bucket.wait() * 1000))
+        message = f"more than {self.config.inbound_rate:g} frames/s; this one was not applied"
+        ref, nack_id = frame_names(data)
+        if nack_id is not None:
+            nack = Nack(
+                id=nack_id, code=ErrorCode.RATE_LIMITED, message=message, retry_after_ms=retry_ms
+            )
+            return Reply(encode(nack))
+        error = Error(
+            code=ErrorCode.RATE_LIMITED, message=message, ref=ref, retry_after_ms=retry_ms
+        )
+        return Reply(encode(error))
 
     def touch(self, *, now: float) -> None:
         """Something arrived that is not a frame for the hub (a protocol-level ping)."""
@@ -138,9 +158,7 @@ class ServerSession:
         """One text frame from the client: replies and commands, in the order to apply them."""
         self.last_received = now
         if not self._bucket.take(now):
-            return [
-                Reply(error_frame(ErrorCode.RATE_LIMITED, "too many frames; this one was ignored"))
-            ]
+            return [self._rate_limited(data)]
         if len(data) > self.config.max_frame_bytes:
             # Transports enforce this with close 1009; this guards adapters that cannot.
             return [Reply(error_frame(ErrorCode.INVALID_FRAME, "frame exceeds max_frame_bytes"))]

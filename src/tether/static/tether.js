@@ -213,6 +213,33 @@ class Outbox {
 
 const utf8 = new TextEncoder();
 
+// Pacing to the hub's advertised inbound rate (tether/client/session.py has the reasons).
+const PACE_RATE_SHARE = 0.9;
+const PACE_BURST_SHARE = 0.5;
+const RETRYABLE = new Set(["rate_limited", "overloaded"]);
+const DEFAULT_RETRY_MS = 1000;
+
+class TokenBucket {
+  constructor(rate, burst, now) {
+    this.rate = rate;
+    this.burst = burst;
+    this.tokens = burst;
+    this.updated = now;
+  }
+  take(now) {
+    this.tokens = Math.min(this.burst, this.tokens + (now - this.updated) * this.rate);
+    this.updated = now;
+    if (this.tokens >= 1) {
+      this.tokens -= 1;
+      return true;
+    }
+    return false;
+  }
+  wait() {
+    return this.tokens >= 1 || this.rate <= 0 ? 0 : (1 - this.tokens) / this.rate;
+  }
+}
+
 // Gap reason of a message that arrived but could not be decoded (docs/protocol.md).
 export const UNDELIVERABLE = "undeliverable";
 // onError code for a bug inside the client itself (tether/client/aio.py: CLIENT_ERROR).
@@ -258,6 +285,11 @@ export class Session {
     this.probeDeadline = null;
     this.maxFrameBytes = null; // the hub's, from welcome
     this.refused = []; // outbox items too big for the hub, removed at connect
+    this.bucket = null; // the hub's inbound rate, scaled by the PACE_* shares
+    this.paced = []; // subscribe/unsubscribe frames waiting for the bucket, in order
+    this.holdUntil = 0; // after a refusal nothing paced goes before this
+    this.unsubscribing = new Set(); // unsubscribed here, not yet confirmed
+    this.repace = false; // a refusal changed what due() gives; the driver clears it
   }
 
   cursor(topic) {
@@ -279,6 +311,7 @@ export class Session {
   }
   unsubscribe(topic) {
     if (!this.subs.delete(topic) || !this.connected) return null;
+    this.unsubscribing.add(topic);
     return JSON.stringify({ type: "unsubscribe", topic });
   }
   _subscribeFrame(sub) {
@@ -302,11 +335,44 @@ export class Session {
     const frame = JSON.stringify({ type: "publish", id, topic, data: data === undefined ? null : data });
     return { id, frame, expiresAt, key: null, sent: false, written: false, resolve: null, reject: null };
   }
-  takeUnsent() {
-    if (!this.connected) return [];
-    const items = this.outbox.unsent();
-    for (const item of items) item.sent = item.written = true;
-    return items.map((i) => i.frame);
+  // --- pacing (tether/client/session.py: pace, due) ---
+  pace(frames) {
+    if (this.connected) this.paced.push(...frames);
+  }
+  // The paced frames, then the unsent outbox items, that may be written now (marked
+  // written), and when to ask again if some must wait (null: nothing waits).
+  due(now) {
+    if (!this.connected) return { frames: [], wakeAt: null };
+    if (now < this.holdUntil) return { frames: [], wakeAt: this.holdUntil };
+    const frames = [];
+    let unsent = null;
+    for (;;) {
+      let item = null;
+      if (!this.paced.length) {
+        if (unsent === null) unsent = this.outbox.unsent();
+        if (!unsent.length) return { frames, wakeAt: null };
+        item = unsent[0];
+      }
+      if (this.bucket && !this.bucket.take(now)) return { frames, wakeAt: now + this.bucket.wait() };
+      if (item === null) {
+        frames.push(this.paced.shift());
+      } else {
+        unsent.shift();
+        item.sent = item.written = true;
+        frames.push(item.frame);
+      }
+    }
+  }
+  _hold(now, retryAfterMs) {
+    const wait = (retryAfterMs == null ? DEFAULT_RETRY_MS : retryAfterMs) / 1000;
+    this.holdUntil = Math.max(this.holdUntil, now + wait);
+    this.repace = true;
+  }
+  _repaceRefused(topic) {
+    if (topic == null) return;
+    const sub = this.subs.get(topic);
+    if (sub && !sub.confirmed) this.paced.push(this._subscribeFrame(sub));
+    else if (this.unsubscribing.has(topic)) this.paced.push(JSON.stringify({ type: "unsubscribe", topic }));
   }
 
   connectionOpened(now) {
@@ -317,8 +383,10 @@ export class Session {
     this.probeDeadline = null;
     this.outbox.markAllUnsent();
     if (this.maxFrameBytes != null) this.refused.push(...this.outbox.removeIf((i) => !this.fits(i)));
-    const frames = [...this.subs.values()].map((s) => this._subscribeFrame(s));
-    return frames.concat(this.takeUnsent());
+    this.paced = [...this.subs.values()].map((s) => this._subscribeFrame(s));
+    this.unsubscribing.clear();
+    this.holdUntil = 0;
+    return this.due(now).frames;
   }
   // Whether the hub takes this item's frame (UTF-8 bytes against its max_frame_bytes).
   fits(item) {
@@ -328,6 +396,7 @@ export class Session {
   }
   connectionLost() {
     this.connected = false;
+    this.paced = []; // never written: connectionOpened rebuilds what is needed
     for (const sub of this.subs.values()) sub.confirmed = false;
     this.outbox.markAllUnsent();
   }
@@ -402,6 +471,14 @@ export class Session {
         return { events: this._onSubscribed(frame), replies: [] };
       case "ack":
       case "nack": {
+        if (frame.type === "nack" && RETRYABLE.has(frame.code)) {
+          const held = this.outbox.items.get(frame.id);
+          if (held) {
+            held.sent = false; // not final: it goes again when the hub says
+            this._hold(now, frame.retry_after_ms);
+          }
+          return { events: [], replies: [] };
+        }
         const item = this.outbox.resolve(frame.id);
         if (!item) return { events: [], replies: [] };
         return {
@@ -417,15 +494,30 @@ export class Session {
         this.heartbeatInterval = frame.heartbeat_ms / 1000;
         this.heartbeatTimeout = frame.heartbeat_timeout_ms / 1000;
         this.maxFrameBytes = frame.limits ? frame.limits.max_frame_bytes : null;
+        this.bucket = null;
+        if (frame.limits && frame.limits.inbound_rate > 0 && frame.limits.inbound_burst > 0) {
+          this.bucket = new TokenBucket(
+            frame.limits.inbound_rate * PACE_RATE_SHARE,
+            Math.max(1, Math.floor(frame.limits.inbound_burst * PACE_BURST_SHARE)),
+            now,
+          );
+        }
         this.nextPing = now + this.heartbeatInterval;
         this.counters.lastHeartbeat = now;
         return { events: [{ kind: "welcome", welcome: frame }], replies: [] };
       case "error":
+        if (RETRYABLE.has(frame.code)) {
+          this._hold(now, frame.retry_after_ms);
+          this._repaceRefused(frame.ref ?? null);
+          return { events: [], replies: [] };
+        }
         return {
           events: [{ kind: "error", code: frame.code, message: frame.message, ref: frame.ref ?? null }],
           replies: [],
         };
       case "unsubscribed":
+        this.unsubscribing.delete(frame.topic);
+        return { events: [], replies: [] };
       case "authed":
         return { events: [], replies: [] };
       default:
@@ -666,7 +758,7 @@ export class TetherClient extends EventTarget {
   subscribe(topic, handler) {
     this._handlers.set(topic, handler);
     const frame = this._session.subscribe(topic, this._stored[topic] || null);
-    if (frame) this._writeRaw([frame]);
+    if (frame) this._pace([frame]);
     this._emit("topicstate", { topic, live: this.isLive(topic) });
     return () => this.unsubscribe(topic);
   }
@@ -675,7 +767,7 @@ export class TetherClient extends EventTarget {
     this._handlers.delete(topic);
     this._delivered.delete(topic);
     const frame = this._session.unsubscribe(topic);
-    if (frame) this._writeRaw([frame]);
+    if (frame) this._pace([frame]);
   }
 
   send(event, data, { key = null, ttl = null, waitAck = true } = {}) {
@@ -752,7 +844,7 @@ export class TetherClient extends EventTarget {
     }
     for (const old of displaced) old.reject(new MessageDropped(`message ${old.id} displaced by policy`));
     this._scheduleExpiry();
-    this._writeRaw([]);
+    this._pump();
     if (!waitAck) {
       promise.catch((err) => this._log("warn", "unacknowledged send failed", err));
       return Promise.resolve(item.id);
@@ -894,6 +986,7 @@ export class TetherClient extends EventTarget {
       item.reject(new MessageTooBig(`message ${item.id} is larger than the hub takes`));
     }
     for (const f of frames) ws.send(f);
+    this._pump(); // schedules what the hub's rate makes wait
     if (reconnect) this._enqueue({ kind: "reconnected" });
     this._heartbeat(ws);
     this._scheduleRefresh(ws);
@@ -920,6 +1013,10 @@ export class TetherClient extends EventTarget {
   _frame(ws, data, t) {
     const { events, replies } = this._session.receive(data, t);
     for (const r of replies) ws.send(r);
+    if (this._session.repace) {
+      this._session.repace = false; // a refusal: what it held back goes later
+      this._pump();
+    }
     for (const event of events) {
       if (event.kind === "delivery" || event.kind === "resync" || event.kind === "confirmed") {
         this._enqueue(event);
@@ -1044,6 +1141,7 @@ export class TetherClient extends EventTarget {
     this._ws = null;
     clearTimeout(this._heartbeatTimer);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._pumpTimer);
     const wasConnected = this.state === State.CONNECTED;
     if (wasConnected) this._session.connectionLost();
     this._lastError = `${code} ${reason || ""}`.trim();
@@ -1074,11 +1172,28 @@ export class TetherClient extends EventTarget {
     this._runNext(hint !== null ? hint : this._backoff());
   }
 
-  _writeRaw(frames) {
+  _pace(frames) {
+    if (!this._ws || this.state !== State.CONNECTED) return;
+    this._session.pace(frames);
+    this._pump();
+  }
+
+  // Write what the session's pacing allows now; set a timer for the rest.
+  _pump() {
+    clearTimeout(this._pumpTimer);
     const ws = this._ws;
     if (!ws || this.state !== State.CONNECTED) return;
+    const { frames, wakeAt } = this._session.due(now());
     for (const f of frames) ws.send(f);
-    for (const f of this._session.takeUnsent()) ws.send(f);
+    if (wakeAt !== null) {
+      this._pumpTimer = setTimeout(() => {
+        try {
+          this._pump();
+        } catch (err) {
+          this._internalError(this._ws, "paced writer", err);
+        }
+      }, Math.max(0, (wakeAt - now()) * 1000));
+    }
   }
 
   // --- browser signals ---------------------------------------------------------------------

@@ -556,3 +556,31 @@ async def test_refused_frames_are_retried_after_the_hint(
     await eventually(lambda: all(rec.client.is_live(t) for t in topics), what="all live")
     await rec.client.unsubscribe("t1")
     await rec.close()
+
+
+async def test_frames_piling_up_behind_a_stuck_handler_shed_the_connection_with_1013(
+    start_hub: StartHub,
+) -> None:
+    # The order rule queues frames behind a running handler; bounded, so a handler that
+    # never finishes cannot make one connection hold memory for ever.
+    hub = Hub(
+        port=0, insecure_dev=True, allowed_origins="*", max_pending_sends=5, inbound_burst=200
+    )
+    release = asyncio.Event()
+
+    @hub.on("stuck")
+    async def stuck(msg: Incoming) -> None:
+        await release.wait()
+
+    server = await start_hub(hub)  # the bound: 5 + 200 waiting frames
+    async with websockets.connect(server.url) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "send", "id": "s0", "event": "stuck"}))
+        with contextlib.suppress(ConnectionClosed):
+            for n in range(300):
+                await ws.send(json.dumps({"type": "subscribe", "topic": f"t{n}"}))
+            await asyncio.wait_for(ws.wait_closed(), 100 * T)
+    release.set()
+    assert ws.close_code == 1013
+    assert json.loads(ws.close_reason or "{}")["retry_after_ms"] >= 0
+    assert server.hub.stats.overloaded == 1

@@ -16,6 +16,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
+
 from tether import Client, Delivery, Gap, Hub, State
 from tether.server.serve import HubServer
 
@@ -180,3 +182,10 @@ def bad_message(offset: int, data: bytes) -> bytes:
     """A ``message`` frame for topic ``t``, epoch ``E``, with ``data`` spliced in as is."""
     head = b'{"type":"message","topic":"t","epoch":"E","offset":' + str(offset).encode()
     return head + b',"ts":0,"data":' + data + b"}"
+
+
+async def post_publish(
+    http: httpx.AsyncClient, body: bytes, *, content_type: str = "application/json"
+) -> httpx.Response:
+    """``POST /publish`` with ``body`` exactly as given (bad bytes included)."""
+    return await http.post("/publish", content=body, headers={"content-type": content_type})

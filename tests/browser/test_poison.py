@@ -31,7 +31,7 @@ from tether import State
 from tether.payload import MAX_SAFE_INTEGER, InvalidPayload
 from tether.server.serve import HubServer
 
-from ..support import Recorder, ThreadedHub, eventually
+from ..support import Recorder, ThreadedHub, eventually, post_publish
 from ..test_payload import documents
 from .conftest import CHROMIUM, CHROMIUM_ARGS, BrowserClient
 
@@ -87,9 +87,7 @@ class Rig:
 
     async def publish_http(self, raw: bytes) -> int | None:
         body = b'{"topic":"' + TOPIC.encode() + b'","data":' + raw + b"}"
-        reply = await self.http.post(
-            "/publish", content=body, headers={"content-type": "application/json"}
-        )
+        reply = await post_publish(self.http, body)
         if reply.status_code == 200:
             offset: int = reply.json()["offset"]
             return offset

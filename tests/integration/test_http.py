@@ -11,7 +11,7 @@ import websockets
 from tether.server.serve import HubServer
 
 from ..conftest import StartHub
-from ..support import Recorder, eventually
+from ..support import Recorder, eventually, post_publish
 
 
 async def test_publish_over_http_reaches_subscribers(hub_server: HubServer) -> None:
@@ -42,9 +42,7 @@ async def test_bad_publish_bodies_are_refused_and_change_nothing(
     hub_server: HubServer, body: bytes, status: int, code: str
 ) -> None:
     async with httpx.AsyncClient(base_url=hub_server.http_url) as http:
-        reply = await http.post(
-            "/publish", content=body, headers={"content-type": "application/json"}
-        )
+        reply = await post_publish(http, body)
     assert reply.status_code == status
     assert reply.json()["code"] == code and reply.json()["message"]
     assert hub_server.hub.stats.publishes == 0

@@ -24,7 +24,7 @@ from tether.payload import InvalidPayload
 from tether.server.serve import HubServer
 
 from ..conftest import StartHub
-from ..support import Recorder, T, client_options, eventually
+from ..support import Recorder, T, client_options, eventually, post_publish
 
 # Bodies of POST /publish, as bytes, that no client could take as they are.
 POISON = [
@@ -54,9 +54,7 @@ async def test_poison_over_http_is_refused_and_subscribers_keep_receiving(
     await hub_server.hub.publish("t", {"n": 1})
     async with httpx.AsyncClient(base_url=hub_server.http_url) as http:
         for body in POISON:
-            reply = await http.post(
-                "/publish", content=body, headers={"content-type": "application/json"}
-            )
+            reply = await post_publish(http, body)
             assert reply.status_code == 400, (body[:40], reply.text)
             assert reply.json()["code"] == "invalid_payload"
             assert reply.json()["message"]

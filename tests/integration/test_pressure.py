@@ -28,7 +28,7 @@ from tether.server.broker import TooManyTopics
 from tether.server.serve import HubServer
 
 from ..conftest import StartHub
-from ..support import Recorder, T, ThreadedHub, client_options, eventually
+from ..support import Recorder, T, ThreadedHub, client_options, eventually, post_publish
 
 SECRET = "test-secret-test-secret-test-secret!"
 
@@ -126,11 +126,7 @@ async def test_invalid_utf8_in_a_field_is_an_error_frame_not_a_crash(
         assert json.loads(await ws.recv()) == {"type": "pong", "ts": 7}  # still open
     assert "Traceback" not in caplog.text
     async with httpx.AsyncClient(base_url=hub_server.http_url) as http:
-        reply = await http.post(
-            "/publish",
-            content=b'{"topic":"t\xff","data":1}',
-            headers={"content-type": "application/json"},
-        )
+        reply = await post_publish(http, b'{"topic":"t\xff","data":1}')
     assert reply.status_code == 400 and reply.json()["code"] == "invalid_json"
 
 
@@ -190,16 +186,10 @@ async def test_a_loopback_hub_refuses_rebound_origins(start_hub: StartHub) -> No
 async def test_publish_over_http_requires_json(start_hub: StartHub) -> None:
     server = await start_hub()  # insecure_dev: what a cross-site <form> would exploit
     async with httpx.AsyncClient(base_url=server.http_url) as http:
-        form = await http.post(
-            "/publish",
-            content=b'{"topic":"t","data":1}',
-            headers={"content-type": "text/plain"},
-        )
+        form = await post_publish(http, b'{"topic":"t","data":1}', content_type="text/plain")
         assert form.status_code == 415 and form.json()["code"] == "unsupported_media_type"
-        ok = await http.post(
-            "/publish",
-            content=b'{"topic":"t","data":1}',
-            headers={"content-type": "application/json; charset=utf-8"},
+        ok = await post_publish(
+            http, b'{"topic":"t","data":1}', content_type="application/json; charset=utf-8"
         )
         assert ok.status_code == 200
     assert server.hub.topic_head("t").offset == 1

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -312,7 +313,15 @@ _examples = itertools.count()
 
 @pytest.fixture(scope="module")
 def ordered_hub() -> Iterator[ThreadedHub]:
-    live = ThreadedHub()
+    # Production heartbeats: the raw client here answers no pings, and a loaded machine
+    # can stretch one example past the scaled deadline.
+    # Each example opens a connection: lift the per-address handshake limiter too.
+    live = ThreadedHub(
+        heartbeat_interval=25.0,
+        heartbeat_timeout=20.0,
+        handshake_rate=10_000.0,
+        handshake_burst=10_000,
+    )
 
     @live.server.hub.on("slow")
     async def slow(msg: Incoming) -> int:
@@ -344,7 +353,9 @@ def test_frames_sent_in_one_write_take_effect_in_order(
     prefix = f"ord{next(_examples)}"
     frames: list[dict[str, object]] = []
     subscribed: set[str] = set()
-    expected_messages: list[str] = []  # publish ids this connection must receive, in order
+    # The publishes this connection must receive, in order per topic (the protocol orders
+    # each topic; across topics nothing is promised).
+    expected_messages: dict[str, list[str]] = {}
     answers: list[str] = []  # ids acked, in order
     for n, (op, topic, arg) in enumerate(batch):
         name = f"{prefix}.{topic}"
@@ -358,7 +369,7 @@ def test_frames_sent_in_one_write_take_effect_in_order(
             frames.append({"type": "publish", "id": f"{prefix}p{n}", "topic": name, "data": n})
             answers.append(f"{prefix}p{n}")
             if name in subscribed:
-                expected_messages.append(f"{prefix}p{n}")
+                expected_messages.setdefault(name, []).append(f"{prefix}p{n}")
         else:
             frames.append({"type": "send", "id": f"{prefix}s{n}", "event": "slow", "data": arg})
             answers.append(f"{prefix}s{n}")
@@ -371,7 +382,7 @@ def test_frames_sent_in_one_write_take_effect_in_order(
         assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
         ws.socket.sendall(wire)  # one write: the hub reads them in one go
         acked: list[str] = []
-        received: list[str] = []
+        received: dict[str, list[str]] = {}
         while True:
             frame = json.loads(ws.recv(timeout=10))
             if frame["type"] in ("ack", "nack"):
@@ -380,7 +391,7 @@ def test_frames_sent_in_one_write_take_effect_in_order(
                     break
                 acked.append(frame["id"])
             elif frame["type"] == "message":
-                received.append(f"{prefix}p{frame['data']}")
+                received.setdefault(frame["topic"], []).append(f"{prefix}p{frame['data']}")
     assert acked == answers
     assert received == expected_messages
 
@@ -574,3 +585,30 @@ async def test_frames_piling_up_behind_a_stuck_handler_shed_the_connection_with_
     assert ws.close_code == 1013
     assert json.loads(ws.close_reason or "{}")["retry_after_ms"] >= 0
     assert server.hub.stats.overloaded == 1
+
+
+# --- issue 9 (latency), first part: no Nagle, spread heartbeats ----------------------------
+
+
+async def test_accepted_connections_have_tcp_nodelay(hub_server: HubServer) -> None:
+    # Issue 9: sockets from the accept gate had Nagle on (asyncio skips proto-0 sockets):
+    # ~40 ms added to small writes by Nagle plus the peer's delayed ACK.
+    async with websockets.connect(hub_server.url) as ws:
+        await ws.recv()
+        (link,) = list(hub_server.hub._links)
+        sock = link._transport.get_extra_info("socket")  # type: ignore[attr-defined]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+async def test_connections_arriving_together_ping_at_different_times(
+    start_hub: StartHub,
+) -> None:
+    server = await start_hub(heartbeat_interval=60.0, heartbeat_timeout=60.0)
+    clients = [await websockets.connect(server.url) for _ in range(20)]
+    try:
+        phases = sorted(link.session.next_ping for link in server.hub._links)
+        assert len(set(phases)) == 20
+        assert phases[-1] - phases[0] > 30  # spread over the interval, not one instant
+    finally:
+        for ws in clients:
+            await ws.close()

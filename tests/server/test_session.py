@@ -77,3 +77,25 @@ def test_liveness_deadline_is_interval_plus_timeout() -> None:
     assert s.is_dead(now=15.01)
     s.receive('{"type":"pong","ts":1}', now=15)
     assert not s.is_dead(now=29)
+
+
+def test_each_connection_pings_on_its_own_phase_once_per_interval() -> None:
+    # Issue 9: every connection was pinged in the same loop turn (11-22 ms turns).
+    config = HubConfig(heartbeat_interval=10, heartbeat_timeout=5)
+    early = ServerSession(session_id="a", config=config, now=0, ping_phase=0.25)
+    late = ServerSession(session_id="b", config=config, now=0, ping_phase=0.75)
+    due = {
+        name: [t for t in range(40) if s.ping_due(now=t)]
+        for name, s in (("early", early), ("late", late))
+    }
+    assert due == {"early": [3, 13, 23, 33], "late": [8, 18, 28, 38]}
+
+
+def test_a_stalled_loop_does_not_ping_in_a_burst() -> None:
+    s = ServerSession(
+        session_id="a", config=HubConfig(heartbeat_interval=10), now=0, ping_phase=0.0
+    )
+    assert s.ping_due(now=0)
+    assert s.ping_due(now=55)  # five intervals late: one ping, not five
+    assert not s.ping_due(now=56)
+    assert s.next_ping == 60

@@ -423,7 +423,12 @@ class Hub:
 
     def new_session(self) -> ServerSession:
         return ServerSession(
-            session_id="s-" + secrets.token_hex(6), config=self.config, now=time.monotonic()
+            session_id="s-" + secrets.token_hex(6),
+            config=self.config,
+            now=time.monotonic(),
+            # A random phase: connections that arrive together (after a restart) still
+            # ping spread over the interval, never all in one loop turn.
+            ping_phase=random.random(),
         )
 
     def attach(self, link: Link) -> None:
@@ -757,15 +762,12 @@ class Hub:
     async def _heartbeat_loop(self) -> None:
         c = self.config
         # Check deadlines several times per timeout so detection lags by at most a quarter of it.
-        tick = max(0.01, min(c.heartbeat_interval, c.heartbeat_timeout) / 4)
-        next_ping = time.monotonic() + c.heartbeat_interval
+        # Pings are spread by each connection's phase: a finer tick spreads them finer.
+        tick = max(0.01, min(c.heartbeat_interval / 25, c.heartbeat_timeout / 4))
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            ping = None
-            if now >= next_ping:
-                ping = Batch([encode(Ping(ts=int(time.time() * 1000)))])
-                next_ping = now + c.heartbeat_interval
+            ping = Batch([encode(Ping(ts=int(time.time() * 1000)))])
             for link in list(self._links):
                 try:
                     self._check_liveness(link, ping, now=now)
@@ -795,10 +797,10 @@ class Hub:
             return
         self._cut(link, CloseCode.POLICY_VIOLATION, "token expired", abort_after=None)
 
-    def _check_liveness(self, link: Link, ping: Batch | None, *, now: float) -> None:
+    def _check_liveness(self, link: Link, ping: Batch, *, now: float) -> None:
         if link.closed:
             return
-        if ping is not None:
+        if link.session.ping_due(now=now):
             link.deliver(ping)
         if link.session.is_dead(now=now):
             self.stats.heartbeat_timeouts += 1

@@ -85,7 +85,7 @@ def error_frame(code: ErrorCode | str, message: str, ref: str | None = None) -> 
 class ServerSession:
     """One connection's protocol state on the hub. Pure: pass ``now`` (monotonic seconds)."""
 
-    __slots__ = ("_bucket", "can", "config", "id", "last_received", "topics")
+    __slots__ = ("_bucket", "can", "config", "id", "last_received", "next_ping", "topics")
 
     def __init__(
         self,
@@ -94,11 +94,15 @@ class ServerSession:
         config: HubConfig,
         now: float,
         can: Permission = lambda action, topic: True,
+        ping_phase: float = 1.0,
     ) -> None:
+        """``ping_phase`` (0..1) places this connection's pings within the interval."""
         self.id = session_id
         self.config = config
         self.topics: set[str] = set()
         self.last_received = now
+        #: When to ping next: one interval on, shifted by this connection's phase.
+        self.next_ping = now + config.heartbeat_interval * max(0.0, min(1.0, ping_phase))
         #: Whether this connection's identity may do ``action`` on a topic (set by the hub).
         self.can = can
         self._bucket = TokenBucket(rate=config.inbound_rate, burst=config.inbound_burst, now=now)
@@ -124,6 +128,19 @@ class ServerSession:
                 ts=wall_ms,
             )
         )
+
+    def ping_due(self, *, now: float) -> bool:
+        """Whether this connection's ping is due; if so, its next one is an interval on.
+
+        Each connection pings on its own phase (set at creation), so a hub with many
+        connections pings a share of them per check instead of all in one loop turn.
+        """
+        if now < self.next_ping:
+            return False
+        interval = self.config.heartbeat_interval
+        # Skip whole missed intervals (a stalled loop) rather than pinging in a burst.
+        self.next_ping += interval * max(1, int((now - self.next_ping) // interval) + 1)
+        return True
 
     def is_dead(self, *, now: float) -> bool:
         """Silent past its heartbeat deadline (interval + timeout)?"""

@@ -189,3 +189,17 @@ async def post_publish(
 ) -> httpx.Response:
     """``POST /publish`` with ``body`` exactly as given (bad bytes included)."""
     return await http.post("/publish", content=body, headers={"content-type": content_type})
+
+
+def counting_hub(**options: Any) -> tuple[Hub, list[int]]:
+    """A hub (test options) whose ``n`` handler records each message's integer ``data``
+    in arrival order and answers it: for checking that sends run once each, in order."""
+    hub = Hub(**hub_options(**options))
+    handled: list[int] = []
+
+    @hub.on("n")
+    async def record(msg: Any) -> int:
+        handled.append(int(msg.data))
+        return int(msg.data)
+
+    return hub, handled

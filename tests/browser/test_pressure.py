@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from playwright.async_api import Browser
 
-from tether import Hub, Incoming
-
 from ..conftest import StartHub
-from ..support import eventually
+from ..support import counting_hub, eventually
 from .conftest import BrowserClient
 
 
@@ -47,14 +45,7 @@ async def test_an_oversize_send_fails_once_instead_of_reconnecting_in_a_loop(
 async def test_an_outbox_flush_past_the_burst_is_paced_and_all_acked_in_order(
     browser: Browser, start_hub: StartHub
 ) -> None:
-    hub = Hub(port=0, insecure_dev=True, allowed_origins="*", inbound_rate=200.0, inbound_burst=40)
-    handled: list[int] = []
-
-    @hub.on("n")
-    async def record(msg: Incoming) -> int:
-        handled.append(int(msg.data))
-        return int(msg.data)
-
+    hub, handled = counting_hub(inbound_rate=200.0, inbound_burst=40)
     server = await start_hub(hub)
     page = await (await browser.new_context()).new_page()
     await page.goto(server.http_url + "/healthz")

@@ -29,7 +29,15 @@ from tether.server.broker import TooManyTopics
 from tether.server.serve import HubServer
 
 from ..conftest import StartHub
-from ..support import Recorder, T, ThreadedHub, client_options, eventually, post_publish
+from ..support import (
+    Recorder,
+    T,
+    ThreadedHub,
+    client_options,
+    counting_hub,
+    eventually,
+    post_publish,
+)
 
 SECRET = "test-secret-test-secret-test-secret!"
 
@@ -504,14 +512,7 @@ async def test_an_outbox_flush_past_the_burst_is_paced_and_all_acked_in_order(
 ) -> None:
     # Issue 14.2: 300 sends queued offline, reconnect: 100 acked, 200 expired on a healthy
     # connection, and a later send overtook them.
-    hub = Hub(port=0, insecure_dev=True, allowed_origins="*", **LIMITED)
-    handled: list[int] = []
-
-    @hub.on("n")
-    async def record(msg: Incoming) -> int:
-        handled.append(int(msg.data))
-        return int(msg.data)
-
+    hub, handled = counting_hub(**LIMITED)
     server = await start_hub(hub)
     client = Client(server.url, **client_options())
     queued = [asyncio.ensure_future(client.send("n", n)) for n in range(300)]
@@ -527,16 +528,23 @@ async def test_many_subscriptions_and_queued_publishes_all_get_through(
     start_hub: StartHub,
 ) -> None:
     # Issue 14.2: 100 subscriptions plus 20 queued publishes: 0 of 20 acked.
-    server = await start_hub(**LIMITED)
+    offsets = await _subscribe_and_publish(await start_hub(**LIMITED), topics=100, publishes=20)
+    assert offsets == list(range(1, 21))
+
+
+async def _subscribe_and_publish(server: HubServer, *, topics: int, publishes: int) -> list[int]:
+    """Subscribe ``topics`` and queue ``publishes`` before connecting; the acked offsets
+    once every subscription is live."""
     rec = Recorder(server.url)
-    topics = [f"t{n}" for n in range(100)]
-    await rec.subscribe(*topics)
-    publishes = [asyncio.ensure_future(rec.client.publish("t0", n)) for n in range(20)]
+    names = [f"t{n}" for n in range(topics)]
+    await rec.subscribe(*names)
+    queued = [asyncio.ensure_future(rec.client.publish("t0", n)) for n in range(publishes)]
     await rec.client.connect(timeout=100 * T)
-    acks = [await asyncio.wait_for(p, 200 * T) for p in publishes]
-    assert [a["offset"] for a in acks] == list(range(1, 21))
-    await eventually(lambda: all(rec.client.is_live(t) for t in topics), what="all live")
+    acks = [await asyncio.wait_for(p, 200 * T) for p in queued]
+    await eventually(lambda: all(rec.client.is_live(t) for t in names), what="all live")
+    await rec.client.unsubscribe("t1")
     await rec.close()
+    return [a["offset"] for a in acks]
 
 
 async def test_refused_frames_are_retried_after_the_hint(
@@ -546,17 +554,8 @@ async def test_refused_frames_are_retried_after_the_hint(
     # nothing: every refusal names its frame, which goes again after retry_after_ms.
     monkeypatch.setattr("tether.client.session.PACE_RATE_SHARE", 1000.0)
     monkeypatch.setattr("tether.client.session.PACE_BURST_SHARE", 1000.0)
-    server = await start_hub(**LIMITED)
-    rec = Recorder(server.url)
-    topics = [f"t{n}" for n in range(60)]
-    await rec.subscribe(*topics)
-    publishes = [asyncio.ensure_future(rec.client.publish("t0", n)) for n in range(60)]
-    await rec.client.connect(timeout=100 * T)
-    acks = [await asyncio.wait_for(p, 200 * T) for p in publishes]
-    assert sorted(a["offset"] for a in acks) == list(range(1, 61))
-    await eventually(lambda: all(rec.client.is_live(t) for t in topics), what="all live")
-    await rec.client.unsubscribe("t1")
-    await rec.close()
+    offsets = await _subscribe_and_publish(await start_hub(**LIMITED), topics=60, publishes=60)
+    assert sorted(offsets) == list(range(1, 61))
 
 
 async def test_frames_piling_up_behind_a_stuck_handler_shed_the_connection_with_1013(

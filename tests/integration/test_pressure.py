@@ -611,3 +611,28 @@ async def test_connections_arriving_together_ping_at_different_times(
     finally:
         for ws in clients:
             await ws.close()
+
+
+async def test_a_subscribe_sent_while_a_handler_runs_waits_for_it(start_hub: StartHub) -> None:
+    # The handler's command has left the queue while it runs: frames arriving then (in a
+    # later write) must still wait their turn.
+    hub = Hub(port=0, insecure_dev=True, allowed_origins="*")
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @hub.on("slow")
+    async def slow(msg: Incoming) -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    server = await start_hub(hub)
+    async with websockets.connect(server.url) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"type": "send", "id": "s1", "event": "slow"}))
+        await asyncio.wait_for(started.wait(), 100 * T)
+        await ws.send(json.dumps({"type": "subscribe", "topic": "t"}))  # a later write
+        await asyncio.sleep(5 * T)
+        release.set()
+        kinds = [json.loads(await ws.recv())["type"] for _ in range(2)]
+    assert kinds == ["ack", "subscribed"]

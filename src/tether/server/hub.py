@@ -495,8 +495,11 @@ class Hub:
                 if isinstance(command, Reply):
                     link.send_frames([command.frame])
             else:
+                # Busy while anything waits or a handler runs (its command already left
+                # the queue): then this one takes its turn behind them.
+                busy = state.queue or state.worker is not None
                 runs_handler = isinstance(command, DoSend) and isinstance(command.frame, Send)
-                if state.queue or runs_handler or not self._run_now(link, command):
+                if busy or runs_handler or not self._run_now(link, command):
                     self._enqueue(link, state, command)
 
     def _run_now(self, link: Link, command: Command) -> bool:

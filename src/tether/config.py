@@ -156,8 +156,9 @@ class HubConfig:
     )
     allowed_origins: str = _field(
         "",
-        "Origins allowed to open WebSockets (comma-separated, or *). Empty: same origin "
-        "only, which stops cross-site WebSocket hijacking; non-browser clients send none.",
+        "Origins allowed to open WebSockets (comma-separated, or *). Empty: on a loopback "
+        "hub only loopback pages (DNS rebinding can fake Host), elsewhere the same origin: "
+        "stops cross-site WebSocket hijacking. Non-browser clients send no Origin.",
     )
     max_connections: int = _field(
         10_000, "Total sessions; past it, handshakes get 503 + Retry-After (load shedding)."

@@ -258,7 +258,9 @@ def _refusal(code: ErrorCode, message: str, data: bytes | str) -> ProtocolError:
     return ProtocolError(code, message, ref=ref, nack_id=nack_id)
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str) -> Any:
+def decode_as(decoder: msgspec.json.Decoder[Any], data: bytes | str) -> Any:
+    """Decode ``data`` with ``decoder``, raising only :class:`ProtocolError` (naming the
+    frame where it can be read). Used for WebSocket frames and ``POST /publish`` bodies."""
     try:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -271,8 +273,10 @@ def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str) -> Any:
             except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
                 pass  # broken for other reasons too
             else:
+                # In a published payload (kept raw) it breaks the payload rule; anywhere
+                # else it is a malformed field.
                 code = ErrorCode.INVALID_FRAME
-                if isinstance(frame, Publish):
+                if isinstance(getattr(frame, "data", None), msgspec.Raw):
                     code = ErrorCode.INVALID_PAYLOAD
                 raise _refusal(code, f"frame {SURROGATE_MESSAGE}", sanitized) from None
         raise ProtocolError(ErrorCode.INVALID_JSON, str(exc)) from None
@@ -285,13 +289,13 @@ def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str) -> Any:
 
 def decode_client_frame(data: bytes | str) -> ClientFrame:
     """Decode a frame sent by a client (hub side). Raises only ``ProtocolError``."""
-    frame: ClientFrame = _decode(_client_decoder, data)
+    frame: ClientFrame = decode_as(_client_decoder, data)
     return frame
 
 
 def decode_server_frame(data: bytes | str) -> ServerFrame:
     """Decode a frame sent by the hub (client side). Raises only ``ProtocolError``."""
-    frame: ServerFrame = _decode(_server_decoder, data)
+    frame: ServerFrame = decode_as(_server_decoder, data)
     return frame
 
 

@@ -201,12 +201,12 @@ async def test_a_crash_in_the_hub_liveness_check_cuts_one_link_and_checks_go_on(
     real_check = hub._check_liveness
     crashes = 1
 
-    def check_once_broken(link: Any, ping: Any, *, now: float) -> None:
+    def check_once_broken(link: Any, *, now: float) -> None:
         nonlocal crashes
         if crashes and link.session.id == victim_session:
             crashes -= 1
             raise RuntimeError("injected bug")
-        real_check(link, ping, now=now)
+        real_check(link, now=now)
 
     hub._check_liveness = check_once_broken  # type: ignore[method-assign]
     await eventually(lambda: hub.stats.internal_errors == 1, what="the crash counted")

@@ -22,9 +22,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from ..auth import Action, AuthError, Identity
-from ..errors import CloseCode, ErrorCode
-from ..payload import SURROGATE_MESSAGE, InvalidPayload, replace_surrogate_escapes
-from ..protocol import Topic
+from ..errors import CloseCode, ErrorCode, ProtocolError
+from ..payload import InvalidPayload
+from ..protocol import Topic, decode_as
 from .broker import TooManyTopics
 from .fastws import RAW_LINK_EXTENSION, RawLink
 from .links import Link, QueuedAsgiLink, RawTransportLink
@@ -170,16 +170,11 @@ def create_app(hub: Hub) -> Starlette:
             if len(body) > limit:
                 return _error(413, "too_big", f"body exceeds max_frame_bytes ({limit})")
         try:
-            req = _publish_decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            return _error(400, ErrorCode.INVALID_FRAME, str(exc))
-        except msgspec.DecodeError as exc:
-            if replace_surrogate_escapes(bytes(body)) is not None:
+            req: PublishRequest = decode_as(_publish_decoder, bytes(body))
+        except ProtocolError as exc:
+            if exc.code == ErrorCode.INVALID_PAYLOAD:
                 hub.stats.payloads_refused += 1
-                return _error(400, ErrorCode.INVALID_PAYLOAD, f"the body {SURROGATE_MESSAGE}")
-            return _error(400, ErrorCode.INVALID_JSON, str(exc))
-        except UnicodeDecodeError:
-            return _error(400, ErrorCode.INVALID_JSON, "the body is not valid UTF-8")
+            return _error(400, exc.code, exc.message)
         if who is not None and not hub.allowed(who, Action.PUBLISH, req.topic):
             hub.stats.forbidden += 1
             return _error(403, ErrorCode.FORBIDDEN, f"not allowed to publish to {req.topic!r}")

@@ -631,16 +631,12 @@ class Hub:
     def _publish_once_now(self, link: Link, frame: Publish) -> bytes | None:
         """A publish through the dedup window, synchronously; ``None`` if a run of the
         same id is still in progress (the caller queues it to wait for that)."""
-        key, charge = self._dedup_key(link, frame.id)
-        now = time.monotonic()
-        earlier = self._dedup.get(key, now=now)
-        if earlier is not None and not earlier.cancelled():
+        earlier, outcome = self._remember(link, frame.id)
+        if earlier is not None:
             if not earlier.done():
                 return None
             self.stats.sends_deduplicated += 1
             return earlier.result()
-        outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._dedup.put(key, outcome, charge=charge, now=now)
         reply = self._execute_publish(link, frame)
         outcome.set_result(reply)
         self.stats.sends_handled += 1
@@ -661,14 +657,27 @@ class Hub:
         instance = _CLIENT_INSTANCE.match(msg_id)
         return ("client:" + instance[1] if instance else charge, msg_id), charge
 
-    async def _handle_once(self, link: Link, frame: Send | Publish) -> bytes:
-        key, charge = self._dedup_key(link, frame.id)
-        earlier = self._dedup.get(key, now=time.monotonic())
+    def _remember(
+        self, link: Link, msg_id: str
+    ) -> tuple[asyncio.Future[bytes] | None, asyncio.Future[bytes]]:
+        """``(earlier, outcome)``: the earlier run's outcome for this id, if one is
+        remembered (then ``outcome`` is that same future); else a new future, remembered
+        now, that the caller must resolve with this run's reply. A cancelled run (a
+        handler cut short by shutdown) does not count: a retry runs it afresh."""
+        key, charge = self._dedup_key(link, msg_id)
+        now = time.monotonic()
+        earlier = self._dedup.get(key, now=now)
         if earlier is not None and not earlier.cancelled():
+            return earlier, earlier
+        outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._dedup.put(key, outcome, charge=charge, now=now)
+        return None, outcome
+
+    async def _handle_once(self, link: Link, frame: Send | Publish) -> bytes:
+        earlier, outcome = self._remember(link, frame.id)
+        if earlier is not None:
             self.stats.sends_deduplicated += 1
             return await asyncio.shield(earlier)
-        outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._dedup.put(key, outcome, charge=charge, now=time.monotonic())
         try:
             reply = await self._execute(link, frame)
         except BaseException:
@@ -770,10 +779,14 @@ class Hub:
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            ping = Batch([encode(Ping(ts=int(time.time() * 1000)))])
+            ping: Batch | None = None  # encoded once per tick, and only if someone is due
             for link in list(self._links):
                 try:
-                    self._check_liveness(link, ping, now=now)
+                    if not link.closed and link.session.ping_due(now=now):
+                        if ping is None:
+                            ping = Batch([encode(Ping(ts=int(time.time() * 1000)))])
+                        link.deliver(ping)
+                    self._check_liveness(link, now=now)
                 except Exception:
                     # One link's failure must not stop liveness checks for the others.
                     logger.exception("internal error checking liveness of %s", link.session.id)
@@ -800,12 +813,8 @@ class Hub:
             return
         self._cut(link, CloseCode.POLICY_VIOLATION, "token expired", abort_after=None)
 
-    def _check_liveness(self, link: Link, ping: Batch, *, now: float) -> None:
-        if link.closed:
-            return
-        if link.session.ping_due(now=now):
-            link.deliver(ping)
-        if link.session.is_dead(now=now):
+    def _check_liveness(self, link: Link, *, now: float) -> None:
+        if not link.closed and link.session.is_dead(now=now):
             self.stats.heartbeat_timeouts += 1
             logger.info("heartbeat timeout: closing %s", link.session.id)
             self._cut(
@@ -814,17 +823,17 @@ class Hub:
 
     def retry_reason(self) -> str:
         """A 1013 close reason: come back after a randomised hint (load shedding)."""
-        spread_ms = int(self.config.restart_spread * 1000)
-        return json.dumps(
-            {"retry_after_ms": random.randint(0, spread_ms), "message": "overloaded"},
-            separators=(",", ":"),
-        )
+        return self._hinted_reason("overloaded")
 
     def restart_reason(self) -> str:
         """A 1012 close reason with a randomised retry hint, spreading the fleet's return."""
+        return self._hinted_reason("server restarting")
+
+    def _hinted_reason(self, message: str) -> str:
+        """A close reason carrying ``retry_after_ms``, random over ``restart_spread``."""
         spread_ms = int(self.config.restart_spread * 1000)
         return json.dumps(
-            {"retry_after_ms": random.randint(0, spread_ms), "message": "server restarting"},
+            {"retry_after_ms": random.randint(0, spread_ms), "message": message},
             separators=(",", ":"),
         )
 

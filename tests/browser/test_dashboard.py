@@ -79,6 +79,22 @@ async def wait_caught_up(page: Page, what: str) -> None:
         await page.wait_for_timeout(100)
 
 
+async def reconnects(page: Page) -> int:
+    count: int = await page.evaluate("() => window.tether.getMetrics().totalReconnects")
+    return count
+
+
+async def wait_reconnected(page: Page, before: int) -> None:
+    """The connection dropped and came back: the counter, not the transient
+    ``reconnecting`` state, which a fast reconnect can leave between two DOM polls."""
+    await page.wait_for_function(
+        "(n) => window.tether.getMetrics().totalReconnects > n",
+        arg=before,
+        timeout=100 * T * 1000,
+    )
+    await page.wait_for_selector("tether-status[state=connected]", timeout=100 * T * 1000)
+
+
 async def shot(page: Page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"dashboard-{name}.png"), full_page=True)
@@ -96,23 +112,24 @@ async def test_every_chaos_control_ends_with_zero_gaps(
     await wait_caught_up(page, "first load")
     await shot(page, "connected")
 
+    before = await reconnects(page)
     await page.get_by_role("button", name="Cut the connection").click()
-    await page.wait_for_selector("tether-status[state=reconnecting]", state="attached")
     await shot(page, "reconnecting")
-    await page.wait_for_selector("tether-status[state=connected]")
+    await wait_reconnected(page, before)
     await wait_caught_up(page, "after cut")
 
+    before = await reconnects(page)
     await page.get_by_role("button", name="Stall it", exact=False).click()
     await page.wait_for_selector(
         "tether-status[state=reconnecting]", state="attached", timeout=100 * T * 1000
-    )
+    )  # a stall lasts until the heartbeat deadline: long enough to be seen
     await shot(page, "stalled")
-    await page.wait_for_selector("tether-status[state=connected]", timeout=100 * T * 1000)
+    await wait_reconnected(page, before)
     await wait_caught_up(page, "after stall")
 
+    before = await reconnects(page)
     await page.get_by_role("button", name="Restart the server").click()
-    await page.wait_for_selector("tether-status[state=reconnecting]", state="attached")
-    await page.wait_for_selector("tether-status[state=connected]", timeout=100 * T * 1000)
+    await wait_reconnected(page, before)
     await wait_caught_up(page, "after restart")
     await shot(page, "recovered")
 

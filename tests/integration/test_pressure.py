@@ -247,7 +247,9 @@ async def test_token_expiry_is_enforced_on_time(start_hub: StartHub) -> None:
         assert json.loads(await ws.recv())["type"] == "welcome"
         opened = time.monotonic()
         with contextlib.suppress(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 10)
+            async with asyncio.timeout(10):
+                while True:  # a heartbeat ping may come first
+                    await ws.recv()
         waited = time.monotonic() - opened
     assert ws.close_code == 1008 and ws.close_reason == "token expired"
     assert waited < 10  # generous: the deadline is ~2 s, the old tick 15 s
@@ -607,7 +609,7 @@ async def test_connections_arriving_together_ping_at_different_times(
     try:
         phases = sorted(link.session.next_ping for link in server.hub._links)
         assert len(set(phases)) == 20
-        assert phases[-1] - phases[0] > 30  # spread over the interval, not one instant
+        assert phases[-1] - phases[0] > 15  # spread over half the interval, not one instant
     finally:
         for ws in clients:
             await ws.close()

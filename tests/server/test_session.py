@@ -88,14 +88,16 @@ def test_each_connection_pings_on_its_own_phase_once_per_interval() -> None:
         name: [t for t in range(40) if s.ping_due(now=t)]
         for name, s in (("early", early), ("late", late))
     }
-    assert due == {"early": [3, 13, 23, 33], "late": [8, 18, 28, 38]}
+    # First pings at 6.25 and 8.75 (the second half of the interval), then every 10.
+    assert due == {"early": [7, 17, 27, 37], "late": [9, 19, 29, 39]}
 
 
 def test_a_stalled_loop_does_not_ping_in_a_burst() -> None:
     s = ServerSession(
         session_id="a", config=HubConfig(heartbeat_interval=10), now=0, ping_phase=0.0
     )
-    assert s.ping_due(now=0)
-    assert s.ping_due(now=55)  # five intervals late: one ping, not five
+    assert not s.ping_due(now=4)  # the first ping is half an interval away at the earliest
+    assert s.ping_due(now=5)
+    assert s.ping_due(now=55)  # four intervals late: one ping, not four
     assert not s.ping_due(now=56)
-    assert s.next_ping == 60
+    assert s.next_ping == 65

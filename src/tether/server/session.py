@@ -96,13 +96,17 @@ class ServerSession:
         can: Permission = lambda action, topic: True,
         ping_phase: float = 1.0,
     ) -> None:
-        """``ping_phase`` (0..1) places this connection's pings within the interval."""
+        """``ping_phase`` (0..1) places this connection's pings within the interval (its
+        first ping comes between half an interval and one interval after ``now``)."""
         self.id = session_id
         self.config = config
         self.topics: set[str] = set()
         self.last_received = now
-        #: When to ping next: one interval on, shifted by this connection's phase.
-        self.next_ping = now + config.heartbeat_interval * max(0.0, min(1.0, ping_phase))
+        #: When to ping next. The first ping falls in the second half of the interval,
+        #: placed by this connection's phase: spread out, yet never right after connecting
+        #: (a peer that just spoke needs no probe) and never later than one interval.
+        phase = max(0.0, min(1.0, ping_phase))
+        self.next_ping = now + config.heartbeat_interval * (0.5 + 0.5 * phase)
         #: Whether this connection's identity may do ``action`` on a topic (set by the hub).
         self.can = can
         self._bucket = TokenBucket(rate=config.inbound_rate, burst=config.inbound_burst, now=now)

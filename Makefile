@@ -13,11 +13,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-# System packages the browser tests need (Debian's Chromium; Playwright cannot download one here).
+# System packages the tests need: Debian's Chromium for the browser tests (Playwright cannot
+# download one here), redis-server and nginx for the scale-out tests (tests/cluster.py).
+# Only what is missing is installed, with one apt-get update at most.
 sysdeps:
-	@command -v chromium >/dev/null 2>&1 || { \
-		echo "installing chromium (apt-get)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
+	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
+	test -z "$$missing" || { \
+		echo "installing$$missing (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }
 
 # Real react, react-dom and @tanstack/query-core for the browser bridge tests (lockfile-pinned).
 $(JSDEPS): tests/browser/js/package.json tests/browser/js/package-lock.json

@@ -61,6 +61,7 @@ def cpu_seconds() -> float:
 
 async def server_main(held: int, inbound_rate: float) -> None:
     from tether import Hub
+    from tether.server.broker import MemoryBroker
     from tether.server.serve import HubServer
 
     pin(SERVER_CPU)
@@ -72,11 +73,13 @@ async def server_main(held: int, inbound_rate: float) -> None:
         inbound_rate=inbound_rate,
         inbound_burst=max(100, int(inbound_rate)),
     )
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
     for n in range(held - 1 if held else 0):  # one slot left idle: creation must evict
-        hub.broker.log(f"held.{n}")
-        hub.broker.retain(f"held.{n}")
+        broker.log(f"held.{n}")
+        broker.retain(f"held.{n}")
     if held:
-        hub.broker.log("held.idle")
+        broker.log("held.idle")
     server = HubServer(hub)
     await server.start()
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: real hubs on 127.0.0.1 and chaos proxies (see tests/support.py)."""
+"""Shared fixtures: real hubs on 127.0.0.1, chaos proxies, a real Redis (see tests/support.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
 from .support import BrokenHub, eventually, hub_options
+
+#: ``redis_server``: a real redis-server per test (tests/redis_fixtures.py).
+pytest_plugins = ["tests.redis_fixtures"]
 
 _skipped: list[str] = []
 

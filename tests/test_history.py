@@ -101,3 +101,25 @@ def test_zero_size_history_still_counts_offsets_and_reports_loss() -> None:
     replay = log.replay(Cursor(epoch="E", offset=1), now=0)
     assert replay.missing == [Gap(epoch="E", start=2, end=4)]
     assert replay.frames == []
+
+
+def test_resume_plan_is_the_arithmetic_every_broker_shares() -> None:
+    from tether.history import resume_plan
+
+    plan = resume_plan
+    assert plan(None, epoch="E", head=9, oldest=5) == ([], 10)
+    assert plan(Cursor(epoch="E", offset=6), epoch="E", head=9, oldest=5) == ([], 7)
+    assert plan(Cursor(epoch="E", offset=2), epoch="E", head=9, oldest=5) == (
+        [Gap(epoch="E", start=3, end=4)],
+        5,
+    )
+    assert plan(Cursor(epoch="E", offset=30), epoch="E", head=9, oldest=5) == ([], 31)
+    assert plan(Cursor(epoch="OLD", offset=3), epoch="E", head=9, oldest=5) == (
+        [Gap(epoch="OLD", start=4, end=None), Gap(epoch="E", start=1, end=4)],
+        5,
+    )
+    # Nothing retained (oldest = head + 1): everything after the cursor is a gap.
+    assert plan(Cursor(epoch="E", offset=1), epoch="E", head=4, oldest=5) == (
+        [Gap(epoch="E", start=2, end=4)],
+        5,
+    )

@@ -81,14 +81,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    words = args.words
+    # Three words: over HTTP to that hub. Two: straight into Redis (--redis-url or env).
+    if not (len(words) == 3 or (len(words) == 2 and args.redis_url)):
+        print(
+            "tether publish: expected URL TOPIC JSON, or --redis-url REDIS_URL TOPIC JSON",
+            file=sys.stderr,
+        )
+        return 2
+    via_redis = len(words) == 2
+    url, topic, text = (None, *words) if via_redis else words
     try:
-        data = json.loads(args.json)
+        data = json.loads(text)
     except ValueError as exc:
         print(f"tether publish: JSON argument is not valid JSON: {exc}", file=sys.stderr)
         return 2
-    body = json.dumps({"topic": args.topic, "data": data}).encode()
+    if via_redis:
+        return asyncio.run(_publish_to_redis(args.redis_url, topic, data))
+    body = json.dumps({"topic": topic, "data": data}).encode()
     request = urllib.request.Request(
-        _http_base(args.url) + "/publish",
+        _http_base(url) + "/publish",
         data=body,
         headers={
             "Content-Type": "application/json",
@@ -104,8 +116,26 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"tether publish: HTTP {exc.code}: {exc.read().decode()}", file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError) as exc:
-        print(f"tether publish: cannot reach {args.url}: {exc}", file=sys.stderr)
+        print(f"tether publish: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
+
+
+async def _publish_to_redis(redis_url: str, topic: str, data: object) -> int:
+    """Publish straight into the hubs' Redis (no hub needed), with the hubs' own rules."""
+    from .publisher import Publisher
+    from .server.broker import BrokerUnavailable
+
+    try:
+        async with Publisher(redis_url) as publisher:
+            offset = await publisher.publish(topic, data)
+    except (ValueError, TypeError) as exc:
+        print(f"tether publish: {exc}", file=sys.stderr)
+        return 2
+    except BrokerUnavailable as exc:
+        print(f"tether publish: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps({"topic": topic, "offset": offset}))
+    return 0
 
 
 # --- listen -----------------------------------------------------------------------------------
@@ -275,10 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, HubConfig)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("publish", help="publish one message over HTTP")
-    p.add_argument("url", help="hub URL, e.g. http://127.0.0.1:8765")
-    p.add_argument("topic")
-    p.add_argument("json", help="the payload, as JSON")
+    p = sub.add_parser(
+        "publish",
+        help="publish one message: over HTTP to a hub, or with --redis-url straight into Redis",
+    )
+    p.add_argument(
+        "words",
+        nargs="+",
+        metavar="[URL] TOPIC JSON",
+        help="hub URL (e.g. http://127.0.0.1:8765; omitted with --redis-url), topic, payload",
+    )
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("TETHER_REDIS_URL") or None,
+        help="publish into the Redis the hubs share, without a hub (env TETHER_REDIS_URL)",
+    )
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument(
         "--token",

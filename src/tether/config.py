@@ -195,6 +195,44 @@ class HubConfig:
         "Frames per second per connection: far above any UI, far below a flood.",
     )
     inbound_burst: int = _field(100, "Bucket size for inbound_rate: an outbox flush at reconnect.")
+    internal_port: int = _field(
+        0,
+        "Off. A second listener with no per-address accept limit, for backends that POST "
+        "/publish with a fresh connection per message (curl, requests.post) and for "
+        "Prometheus: credentials are still required. Keep it off the public network, like "
+        "Centrifugo's internal port.",
+    )
+    internal_host: str = _field(
+        "127.0.0.1", "Where internal_port listens: loopback unless you choose a private network."
+    )
+    # --- scale-out (docs/scaling.md) ---
+    redis_url: str = _field(
+        "",
+        "Empty: topics live in this process (one node). A redis:// URL shares history, "
+        "offsets, epochs and dedup with every hub node using the same Redis.",
+    )
+    redis_prefix: str = _field(
+        "tether", "Namespace of every Redis key and channel: several apps can share a Redis."
+    )
+    redis_topic_ttl: float = _field(
+        86_400.0,
+        "A topic idle this long forgets its epoch and head in Redis (~100 B each): a day "
+        "keeps exact gap reports for an overnight laptop while bounding Redis memory.",
+        unit="s",
+    )
+    redis_timeout: float = _field(
+        2.0,
+        "A Redis command (publish, resume, dedup) that takes longer fails loudly: 503 / "
+        "'unavailable' instead of a hung request. Redis answers in under a millisecond.",
+        unit="s",
+    )
+    redis_probe_interval: float = _field(
+        1.0,
+        "How often each node pings its pub/sub connection. A missed pong reconnects and "
+        "repairs from history: a wedged feed costs at most a second or two of delay, "
+        "never a lost message (Centrifugo waits 40 s).",
+        unit="s",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

@@ -24,6 +24,10 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     INVALID_PAYLOAD = "invalid_payload"
     TOO_MANY_TOPICS = "too_many_topics"
+    #: The shared broker (Redis) cannot be reached: nothing was published; retry later.
+    UNAVAILABLE = "unavailable"
+    #: A retry of a message another hub node is still handling: retry later for its outcome.
+    IN_PROGRESS = "in_progress"
 
 
 class CloseCode(enum.IntEnum):

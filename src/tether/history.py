@@ -19,20 +19,32 @@ from .protocol import Cursor, Gap, Message, encode
 
 
 class Entry(NamedTuple):
+    """One published message: its offset, publish time (s), encoded frame and epoch."""
+
     offset: int
     ts: float
     frame: bytes
+    epoch: str
 
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """What a subscribe with a resume position gets: the reply facts and the frames to send."""
+    """What a subscribe with a resume position gets: the reply facts and the frames to send.
+
+    ``frames`` are always the contiguous tail of the epoch's history ending at ``head``:
+    frame ``i`` carries offset ``head - len(frames) + 1 + i`` (see :meth:`first_offset`).
+    """
 
     epoch: str
     head: int
     recovered: bool
     missing: list[Gap]
     frames: list[bytes] = field(default_factory=list)
+
+    @property
+    def first_offset(self) -> int:
+        """The offset of ``frames[0]`` (``head + 1`` when there are none)."""
+        return self.head - len(self.frames) + 1
 
 
 class TopicLog:
@@ -74,7 +86,7 @@ class TopicLog:
                 topic=self.topic, epoch=self.epoch, offset=self.head, ts=int(now * 1000), data=data
             )
         )
-        entry = Entry(self.head, now, frame)
+        entry = Entry(self.head, now, frame, self.epoch)
         if self.max_size > 0:
             self._entries.append(entry)
             if len(self._entries) > self.max_size:
@@ -92,24 +104,38 @@ class TopicLog:
     def replay(self, resume: Cursor | None, *, now: float) -> Replay:
         """Everything a subscriber resuming from ``resume`` must get, and the exact loss."""
         self.prune(now=now)
-        if resume is None:
-            return Replay(self.epoch, self.head, True, [])
         oldest = self.oldest
-        missing: list[Gap] = []
-        if resume.epoch == self.epoch:
-            start = resume.offset + 1
-            if start < oldest:
-                missing.append(Gap(epoch=self.epoch, start=start, end=oldest - 1))
-                start = oldest
-        else:
-            # History of the client's epoch is gone: whatever followed its cursor is lost,
-            # and the new epoch is replayed from its oldest retained offset.
-            missing.append(Gap(epoch=resume.epoch, start=resume.offset + 1, end=None))
-            if oldest > 1:
-                missing.append(Gap(epoch=self.epoch, start=1, end=oldest - 1))
-            start = oldest
+        missing, start = resume_plan(resume, epoch=self.epoch, head=self.head, oldest=oldest)
         frames: list[bytes] = []
         if start <= self.head:
             skip = start - oldest
             frames = [e.frame for e in itertools.islice(self._entries, skip, None)]
         return Replay(self.epoch, self.head, not missing, missing, frames)
+
+
+def resume_plan(
+    resume: Cursor | None, *, epoch: str, head: int, oldest: int
+) -> tuple[list[Gap], int]:
+    """What a resume from ``resume`` has lost, and the first offset to replay to it.
+
+    ``epoch``/``head`` are the topic's now, ``oldest`` its oldest offset still
+    replayable (``head + 1`` when none is). Offsets ``start..head`` are to be replayed
+    (none when ``start > head``). Every broker answers a resume with this one piece of
+    arithmetic, so a gap is reported alike whichever holds the history.
+    """
+    if resume is None:
+        return [], head + 1
+    missing: list[Gap] = []
+    if resume.epoch == epoch:
+        start = resume.offset + 1
+        if start < oldest:
+            missing.append(Gap(epoch=epoch, start=start, end=oldest - 1))
+            start = oldest
+    else:
+        # History of the client's epoch is gone: whatever followed its cursor is lost,
+        # and the new epoch is replayed from its oldest retained offset.
+        missing.append(Gap(epoch=resume.epoch, start=resume.offset + 1, end=None))
+        if oldest > 1:
+            missing.append(Gap(epoch=epoch, start=1, end=oldest - 1))
+        start = oldest
+    return missing, start

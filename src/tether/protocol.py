@@ -190,6 +190,17 @@ _server_decoder = msgspec.json.Decoder(ServerFrame)
 #: The start of every ``message`` frame the hub writes: compact, fields in this order
 #: (docs/protocol.md, "Undecodable messages"). It names the offset even when ``data``
 #: can't be parsed, so a client can step over that one message instead of failing.
+_topic_decoder = msgspec.json.Decoder(Topic)
+
+
+def validate_topic(topic: str) -> str:
+    """Return ``topic`` if it is a legal topic name, else raise ``ValueError``."""
+    try:
+        return _topic_decoder.decode(msgspec.json.encode(topic))
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid topic {topic!r}: {exc}") from None
+
+
 _ENVELOPE = re.compile(
     rb'^\{"type":"message","topic":"([A-Za-z0-9_.:/*\-]{1,200})","epoch":"([^"\\]{1,64})",'
     rb'"offset":([1-9][0-9]{0,15}),'

@@ -84,7 +84,7 @@ async def test_poison_over_websocket_is_nacked(hub_server: HubServer) -> None:
             answer = json.loads(await ws.recv())
             assert answer["type"] == "nack" and answer["code"] == "invalid_payload", answer
             assert answer["id"] == f"p{n}"
-        assert hub_server.hub.topic_head("t").offset == 0
+        assert (await hub_server.hub.topic_head("t")).offset == 0
 
 
 async def test_poison_in_process_raises_value_error(hub_server: HubServer) -> None:
@@ -93,7 +93,7 @@ async def test_poison_in_process_raises_value_error(hub_server: HubServer) -> No
         with pytest.raises(ValueError) as info:
             await hub.publish("t", value)
         assert isinstance(info.value, InvalidPayload)
-    assert hub.topic_head("t").offset == 0
+    assert (await hub.topic_head("t")).offset == 0
     # The Python client refuses the same values before they reach its outbox.
     client = Client(hub_server.url, **client_options())
     with pytest.raises(InvalidPayload):

@@ -56,7 +56,7 @@ async def test_a_non_reader_resubscribing_with_resume_is_cut_at_its_second_repla
     hub = server.hub
     for _ in range(1000):
         await hub.publish("big", "x" * 8000)  # ~8 MB of history
-    resume = {"epoch": hub.topic_head("big").epoch, "offset": 0}
+    resume = {"epoch": (await hub.topic_head("big")).epoch, "offset": 0}
     frame = json.dumps({"type": "subscribe", "topic": "big", "resume": resume})
     sent = 0
     # max_queue=1: the client stops reading after one message, like a stuck tab.
@@ -201,7 +201,7 @@ async def test_publish_over_http_requires_json(start_hub: StartHub) -> None:
             http, b'{"topic":"t","data":1}', content_type="application/json; charset=utf-8"
         )
         assert ok.status_code == 200
-    assert server.hub.topic_head("t").offset == 1
+    assert (await server.hub.topic_head("t")).offset == 1
 
 
 # --- 10. documented behaviour --------------------------------------------------------------

@@ -168,7 +168,7 @@ async def test_handshake_flood_is_refused_and_others_keep_their_latency(
     assert statuses.get("429", 0) >= attempts * 0.95
     assert server.hub.stats.handshakes_refused >= statuses["429"]
     assert results["connects"] == [1] * WATCHERS  # nobody was dropped
-    head = server.hub.topic_head("prices").offset
+    head = (await server.hub.topic_head("prices")).offset
     for rows in seen:  # and nobody missed a message: every offset, in order, exactly once
         assert [offset for offset, _, _ in rows] == list(range(1, head + 1))
     # The latency goal (connected clients' p99 within 2x of the quiet value) is measured,

@@ -80,7 +80,7 @@ async def test_permission_matrix_over_websocket(secure: HubServer) -> None:
     # No publish slipped through: each topic's head counts only the allowed publishers.
     for topic in TOPICS:
         allowed_publishers = sum(expected(n, topic, Action.PUBLISH) for n in IDENTITIES)
-        assert secure.hub.topic_head(topic).offset == allowed_publishers
+        assert (await secure.hub.topic_head(topic)).offset == allowed_publishers
 
 
 async def test_permission_matrix_over_http(secure: HubServer) -> None:

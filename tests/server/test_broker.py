@@ -43,12 +43,12 @@ def test_a_new_topic_is_refused_when_every_topic_is_in_use() -> None:
     for name in ("a", "b"):
         b.log(name)
         b.retain(name)
-    first = b.publish("a", msgspec.Raw(b"1"), now=0.0)
+    first = b.publish_now("a", msgspec.Raw(b"1"), now=0.0)
     with pytest.raises(TooManyTopics, match="max_topics") as info:
-        b.publish("new", msgspec.Raw(b"1"), now=0.0)
+        b.publish_now("new", msgspec.Raw(b"1"), now=0.0)
     assert info.value.code == "too_many_topics"
     assert sorted(b._topics) == ["a", "b"]
-    assert b.publish("a", msgspec.Raw(b"2"), now=0.0).offset == first.offset + 1
+    assert b.publish_now("a", msgspec.Raw(b"2"), now=0.0).offset == first.offset + 1
 
 
 def test_release_all_hands_every_topic_to_a_new_hub() -> None:

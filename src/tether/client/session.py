@@ -55,7 +55,9 @@ from ..ratelimit import TokenBucket
 PACE_RATE_SHARE = 0.9
 PACE_BURST_SHARE = 0.5
 #: Refusals that are not final: the frame goes again after the hub's ``retry_after_ms``.
-RETRYABLE = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.OVERLOADED})
+RETRYABLE = frozenset(
+    {ErrorCode.RATE_LIMITED, ErrorCode.OVERLOADED, ErrorCode.UNAVAILABLE, ErrorCode.IN_PROGRESS}
+)
 #: When a refusal carries no ``retry_after_ms`` (an older hub): one second.
 DEFAULT_RETRY_MS = 1000
 

@@ -1,5 +1,6 @@
 """The Tether hub: topics with history, fan-out, resume, handlers, heartbeats."""
 
-from .hub import Hub, HubStats, Incoming
+from .hub import Hub, Incoming
+from .stats import HubStats
 
 __all__ = ["Hub", "HubStats", "Incoming"]

@@ -11,7 +11,6 @@ import contextlib
 import hmac
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,14 +24,11 @@ from ..auth import Action, AuthError, Identity
 from ..errors import CloseCode, ErrorCode, ProtocolError
 from ..payload import InvalidPayload
 from ..protocol import Topic, decode_as
-from .broker import TooManyTopics
+from .broker import BrokerUnavailable, TooManyTopics
 from .fastws import RAW_LINK_EXTENSION, RawLink
 from .links import Link, QueuedAsgiLink, RawTransportLink
 from .metrics import make_registry, render
-
-if TYPE_CHECKING:
-    from .hub import Hub
-
+from .ports import AppHost
 
 #: The browser modules shipped in the package, served at ``/<name>.js`` (no build step).
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -65,7 +61,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
 
 
-def create_app(hub: Hub) -> Starlette:
+def create_app(hub: AppHost) -> Starlette:
     limit = hub.config.max_frame_bytes
     registry = make_registry(hub)
 
@@ -179,13 +175,15 @@ def create_app(hub: Hub) -> Starlette:
             hub.stats.forbidden += 1
             return _error(403, ErrorCode.FORBIDDEN, f"not allowed to publish to {req.topic!r}")
         try:
-            entry = hub.publish_raw(req.topic, req.data)
+            entry = await hub.publish_raw(req.topic, req.data)
         except InvalidPayload as exc:
             return _error(400, exc.code, exc.message)
-        except TooManyTopics as exc:
-            return _error(503, exc.code, exc.message)
-        epoch = hub.broker.log(req.topic).epoch
-        return JSONResponse({"topic": req.topic, "offset": entry.offset, "epoch": epoch})
+        except (TooManyTopics, BrokerUnavailable) as exc:
+            # Refused loudly, never dropped: the caller retries (Retry-After, seconds).
+            response = _error(503, exc.code, exc.message)
+            response.headers["Retry-After"] = "1"
+            return response
+        return JSONResponse({"topic": req.topic, "offset": entry.offset, "epoch": entry.epoch})
 
     async def healthz(request: Request) -> Response:
         status = "closing" if hub.closing else "ok"
@@ -194,11 +192,21 @@ def create_app(hub: Hub) -> Starlette:
             status_code=503 if hub.closing else 200,
         )
 
+    async def readyz(request: Request) -> Response:
+        # Ready = can serve and publish: a load balancer stops sending new clients to a
+        # node that is shutting down or has lost its Redis (connected ones stay).
+        if hub.closing:
+            return JSONResponse({"status": "closing"}, status_code=503)
+        if not hub.broker.ready:
+            return JSONResponse({"status": "broker unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
     async def metrics(request: Request) -> Response:
         return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await hub.start()
         yield
         await hub.drain()
         hub.close_all()
@@ -209,6 +217,7 @@ def create_app(hub: Hub) -> Starlette:
             WebSocketRoute("/ws", websocket_endpoint),
             Route("/publish", publish, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             script_route(),
         ],

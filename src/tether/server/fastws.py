@@ -36,12 +36,12 @@ from ..errors import CloseCode
 from .links import RawTransportLink
 
 if TYPE_CHECKING:
-    from .hub import Hub
+    from .ports import ConnectionHost
 
 RAW_LINK_EXTENSION = "tether.raw"
 
 
-class RawLink:
+class RawLink:  # implements links.RawLink
     """Direct access to one connection's transport, for pre-framed server frames."""
 
     __slots__ = ("protocol", "shutdown_reason")
@@ -127,7 +127,7 @@ _INERT: Any = _Inert()
 class HubWSProtocol(TetherWSProtocol):
     """Serves ``tether_path`` for ``tether_hub`` without ASGI (see the module docstring)."""
 
-    tether_hub: Hub
+    tether_hub: ConnectionHost
     tether_path: str
     hub_link: RawTransportLink | None = None
 
@@ -249,6 +249,6 @@ class HubWSProtocol(TetherWSProtocol):
         super().connection_lost(exc)
 
 
-def bind_hub(hub: Hub, path: str) -> type[HubWSProtocol]:
+def bind_hub(hub: ConnectionHost, path: str) -> type[HubWSProtocol]:
     """A protocol class for uvicorn that serves ``path`` for ``hub`` directly."""
     return type("BoundHubWSProtocol", (HubWSProtocol,), {"tether_hub": hub, "tether_path": path})

@@ -88,7 +88,10 @@ class AcceptGate:
         per_turn: int,
         on_refused: Callable[[], None] | None = None,  # counts each canned 429
         retry_delay: float = ACCEPT_RETRY_DELAY,
+        charge: bool = True,
     ) -> None:
+        """``charge=False``: an internal listener (``internal_port``) that admits every
+        connection; the hub's other checks (caps, origin, credentials) still apply."""
         self.sock = sock
         self._factory = protocol_factory
         self._admission = admission
@@ -99,6 +102,7 @@ class AcceptGate:
         self._handoffs: set[asyncio.Task[object]] = set()
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = retry_delay
+        self._charge = charge
 
     @property
     def paused(self) -> bool:
@@ -147,7 +151,7 @@ class AcceptGate:
                 self._pause()
                 return
             address = peer[0] if isinstance(peer, tuple) else ""
-            if self._admission.take(address, now=now):
+            if not self._charge or self._admission.take(address, now=now):
                 self._hand_off(conn)
             else:
                 self._refuse(conn)

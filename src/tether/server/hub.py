@@ -49,23 +49,24 @@ from ..auth import (
 from ..config import HubConfig, from_env
 from ..dedup import DedupWindow
 from ..errors import CloseCode, ErrorCode, Reject
-from ..history import Entry
+from ..history import Entry, Replay
 from ..payload import InvalidPayload, check_payload, encode_payload
 from ..protocol import (
     Ack,
     Authed,
     Cursor,
+    Error,
     Nack,
     Ping,
     Publish,
     Send,
-    Subscribed,
-    Topic,
     encode,
     encode_data,
+    validate_topic,
 )
 from .admission import Admission, Refusal
-from .broker import MemoryBroker, TooManyTopics
+from .broker import IN_PROGRESS, Broker, BrokerUnavailable, MemoryBroker, TooManyTopics
+from .fanout import Fanout, Subscriber
 from .links import Batch, Link
 from .session import (
     Command,
@@ -78,10 +79,10 @@ from .session import (
     ServerSession,
     error_frame,
 )
+from .stats import HubStats
 
 logger = logging.getLogger("tether.hub")
 
-_topic_decoder = msgspec.json.Decoder(Topic)
 #: The id form of the official clients: a random 64-bit client instance, then a counter.
 _CLIENT_INSTANCE = re.compile(r"^([0-9a-f]{16})-[0-9]+$")
 
@@ -93,14 +94,13 @@ SLOW_CONSUMER_ABORT = 0.5
 OVERLOADED_RETRY_MS = 1000
 #: A silent peer is presumed dead: give its close handshake a second, then abort.
 DEAD_PEER_ABORT = 1.0
-
-
-def validate_topic(topic: str) -> str:
-    """Return ``topic`` if it is a legal topic name, else raise ``ValueError``."""
-    try:
-        return _topic_decoder.decode(msgspec.json.encode(topic))
-    except msgspec.ValidationError as exc:
-        raise ValueError(f"invalid topic {topic!r}: {exc}") from None
+#: A repair read that fails (Redis away) is retried after this, doubling up to the max:
+#: quick after a blip, and at most one read per topic every few seconds in an outage.
+REPAIR_RETRY_MIN = 0.1
+REPAIR_RETRY_MAX = 5.0
+#: Replay reads a joiner may need before its replay meets the node's cursor. The
+#: second read always does (see fanout.py); a third covers a reordering we did not foresee.
+JOIN_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,27 +134,6 @@ class Handshake:
     subprotocol: str | None = None
 
 
-@dataclass(slots=True)
-class HubStats:
-    connections_total: int = 0
-    disconnections: int = 0
-    publishes: int = 0
-    deliveries: int = 0
-    replayed: int = 0
-    resumes_with_loss: int = 0
-    heartbeat_timeouts: int = 0
-    slow_consumers: int = 0
-    handshakes_refused: int = 0
-    auth_failures: int = 0
-    forbidden: int = 0
-    sends_handled: int = 0
-    sends_deduplicated: int = 0
-    overloaded: int = 0
-    payloads_refused: int = 0
-    undeliverable: int = 0
-    internal_errors: int = 0
-
-
 class _LinkState:
     """Per-connection hub bookkeeping for in-order client->hub message handling."""
 
@@ -183,30 +162,53 @@ class Hub:
         self,
         *,
         config: HubConfig | None = None,
-        broker: MemoryBroker | None = None,
+        broker: Broker | None = None,
         **options: Any,
     ) -> None:
-        """``broker`` holds topics and history; pass one that outlives this hub to keep
-        history across a hub restart (the role shared storage plays in production)."""
+        """``broker`` holds topics and history: by default in this process, or in Redis
+        when ``redis_url`` is set (several nodes then behave as one). Pass a broker that
+        outlives this hub to keep history across a hub restart; the hub closes only a
+        broker it made itself."""
         self.config = config if config is not None else from_env(HubConfig, **options)
         c = self.config
-        self._subscribers: dict[str, set[Link]] = {}
+        self._owns_broker = broker is None
         if broker is None:
-            broker = MemoryBroker(
-                history_size=c.history_size, history_ttl=c.history_ttl, max_topics=c.max_topics
-            )
+            if c.redis_url:
+                from .redis_broker import RedisBroker  # only scaled-out hubs need redis-py
+
+                broker = RedisBroker.from_config(c)
+            else:
+                broker = MemoryBroker(
+                    history_size=c.history_size,
+                    history_ttl=c.history_ttl,
+                    max_topics=c.max_topics,
+                )
         else:
             broker.release_all()  # this hub's subscribers are the only ones that count
-        self.broker = broker
+        self.broker: Broker = broker
+        #: The in-memory broker answers at once: subscribe and publish then run inline,
+        #: without a turn through the connection's worker.
+        self._memory = broker if isinstance(broker, MemoryBroker) else None
+        self.stats = HubStats()
+        self.fanout = Fanout(
+            schedule_flush=self._schedule_flush,
+            request_repair=self._request_repair,
+            on_broken=self._cut_broken_subscriber,
+            on_slow=self._slow_subscriber,
+            on_retain=broker.retain,
+            on_release=broker.release,
+            stats=self.stats,
+        )
+        broker.bind(self.fanout)
+        self._repairs: set[asyncio.Task[None]] = set()
+        self._started = False
         self._links: dict[Link, _LinkState] = {}
         self._handlers: dict[str, Handler] = {}
         self._dedup: DedupWindow[tuple[str, str], asyncio.Future[bytes]] = DedupWindow(
             per_charge=c.dedup_window, max_entries=c.dedup_max_entries, ttl=c.dedup_ttl
         )
-        self._pending: dict[str, list[bytes]] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self.stats = HubStats()
         self.closing = False
         #: Shutting down: running handlers finish, no new one starts (see :meth:`drain`).
         self.draining = False
@@ -299,125 +301,173 @@ class Hub:
         Raises ``ValueError`` for a bad topic or a payload that not every client could
         decode (:class:`~tether.payload.InvalidPayload`: unsafe integers, NaN/Infinity,
         unpaired surrogates, too deep or too big), ``TypeError`` for a value JSON can't
-        hold, and :class:`~tether.server.broker.TooManyTopics` when the topic table is
-        full of topics in use.
+        hold, :class:`~tether.server.broker.TooManyTopics` when the topic table is full
+        of topics in use, and :class:`~tether.server.broker.BrokerUnavailable` when the
+        shared broker (Redis) cannot be reached. Whatever is raised, nothing was published.
         """
-        return self.publish_nowait(topic, data).offset
+        entry = await self.publish_raw(validate_topic(topic), self._encode(data))
+        return entry.offset
 
     def publish_nowait(self, topic: str, data: Any) -> Entry:
-        """Synchronous :meth:`publish`, for code that is not a coroutine."""
+        """Synchronous :meth:`publish`, for code that is not a coroutine.
+
+        Only with the in-memory broker: a shared broker (Redis) must be awaited.
+        """
+        if self._memory is None:
+            raise TypeError("publish_nowait needs the in-memory broker; use await hub.publish()")
+        raw = self._encode(data)
+        return self._published(
+            self._memory.publish_now(validate_topic(topic), raw, now=time.time())
+        )
+
+    def _encode(self, data: Any) -> msgspec.Raw:
         c = self.config
-        topic = validate_topic(topic)
         try:
-            raw = encode_payload(data, max_depth=c.max_payload_depth, max_bytes=c.max_frame_bytes)
+            return encode_payload(data, max_depth=c.max_payload_depth, max_bytes=c.max_frame_bytes)
         except InvalidPayload:
             self.stats.payloads_refused += 1
             raise
-        return self._publish(topic, raw)
 
-    def publish_raw(self, topic: str, data: msgspec.Raw) -> Entry:
-        """Publish JSON text from outside (HTTP, WebSocket) to an already-validated topic.
-
-        Raises :class:`~tether.payload.InvalidPayload` for a payload that breaks the
-        payload rule (docs/protocol.md) and :class:`~tether.server.broker.TooManyTopics`
-        when the topic can't be created; either way nothing is published.
-        """
+    def check_raw(self, data: msgspec.Raw) -> None:
+        """Raise :class:`~tether.payload.InvalidPayload` unless ``data`` obeys the payload
+        rule (docs/protocol.md)."""
         c = self.config
         try:
             check_payload(bytes(data), max_depth=c.max_payload_depth, max_bytes=c.max_frame_bytes)
         except InvalidPayload:
             self.stats.payloads_refused += 1
             raise
-        return self._publish(topic, data)
 
-    def _publish(self, topic: str, data: msgspec.Raw) -> Entry:
-        entry = self.broker.publish(topic, data, now=time.time())
+    async def publish_raw(self, topic: str, data: msgspec.Raw, *, checked: bool = False) -> Entry:
+        """Publish JSON text from outside (HTTP, WebSocket) to an already-validated topic.
+
+        Raises :class:`~tether.payload.InvalidPayload` for a payload that breaks the
+        payload rule (unless ``checked``), :class:`~tether.server.broker.TooManyTopics`
+        when the topic can't be created and
+        :class:`~tether.server.broker.BrokerUnavailable` when Redis can't be reached;
+        whatever is raised, nothing is published.
+        """
+        if not checked:
+            self.check_raw(data)
+        if not self._started:
+            await self.start()  # mounted without the hub's lifespan: connect on first use
+        if self._memory is not None:
+            return self._published(self._memory.publish_now(topic, data, now=time.time()))
+        started = time.monotonic()
+        try:
+            entry = await self.broker.publish(
+                topic, data, now=time.time(), floor=self.fanout.cursor(topic)
+            )
+        except BrokerUnavailable:
+            self.stats.publishes_failed += 1
+            raise
+        finally:
+            self.stats.observe_publish(time.monotonic() - started)
+        return self._published(entry)
+
+    def _published(self, entry: Entry) -> Entry:
         self.stats.publishes += 1
-        if topic in self._subscribers:
-            pending = self._pending.get(topic)
-            if pending is None:
-                self._pending[topic] = [entry.frame]
-            else:
-                pending.append(entry.frame)
-            if self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         return entry
 
     @property
     def connection_count(self) -> int:
         return len(self._links)
 
-    def topic_head(self, topic: str) -> Cursor:
-        log = self.broker.log(validate_topic(topic))
-        return Cursor(epoch=log.epoch, offset=log.head)
+    async def topic_head(self, topic: str) -> Cursor:
+        """The topic's epoch and its last offset (creating the topic if it is new)."""
+        replay = await self.broker.replay(validate_topic(topic), None, now=time.time())
+        return Cursor(epoch=replay.epoch, offset=replay.head)
 
     # --- fan-out ------------------------------------------------------------------------
 
+    def _schedule_flush(self) -> None:
+        # One flush per loop turn: what is published in one turn goes out as one write.
+        self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_handle = None
-        pending, self._pending = self._pending, {}
-        for topic, frames in pending.items():
-            self._deliver(topic, frames)
+        self.fanout.flush()
 
-    def _flush_topic(self, topic: str) -> None:
-        frames = self._pending.pop(topic, None)
-        if frames:
-            self._deliver(topic, frames)
+    def _request_repair(self, topic: str, after: Cursor) -> None:
+        """The feed skipped an entry of ``topic`` (or may have): read history after ``after``."""
+        task = asyncio.get_running_loop().create_task(self._repair(topic, after))
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
 
-    def _deliver(self, topic: str, frames: list[bytes]) -> None:
-        subscribers = self._subscribers.get(topic)
-        if not subscribers:
-            return
-        batch = Batch(frames)
-        # A slow consumer may be removed from the set while we iterate: iterate a copy.
-        for link in tuple(subscribers):
+    async def _repair(self, topic: str, after: Cursor) -> None:
+        delay = REPAIR_RETRY_MIN
+        while not self.closing and topic in self.fanout:
             try:
-                link.deliver(batch)
+                replay = await self.broker.replay(topic, after, now=time.time())
+            except BrokerUnavailable as exc:
+                # Redis is away: nothing newer can be published either. Keep trying
+                # (bounded delay), so what was missed is delivered once it is back.
+                logger.warning("repair of %s failed, retrying in %.1fs: %s", topic, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REPAIR_RETRY_MAX)
+                continue
             except Exception:
-                # One broken link must not cost the other subscribers this batch.
-                logger.exception("internal error delivering to %s", link.session.id)
-                self._cut_broken(link)
-        self.stats.deliveries += len(frames) * len(subscribers)
-
-    def _subscribe(self, link: Link, topic: str, resume: Cursor | None) -> None:
-        self._flush_topic(topic)  # the seam: pending frames go to existing subscribers only
-        try:
-            replay = self.broker.replay(topic, resume, now=time.time())
-        except TooManyTopics as exc:
-            link.session.topics.discard(topic)
-            link.send_frames([error_frame(exc.code, exc.message, topic)])
+                logger.exception("internal error repairing %s", topic)
+                self.stats.internal_errors += 1
+                self.fanout.repair_failed(topic)
+                return
+            self.fanout.repaired(topic, replay)
             return
-        reply = encode(
-            Subscribed(
-                topic=topic,
-                epoch=replay.epoch,
-                head=replay.head,
-                recovered=replay.recovered,
-                missing=replay.missing,
-            )
-        )
-        link.send_frames([reply, *replay.frames], replay_of=topic if replay.frames else None)
-        self.stats.replayed += len(replay.frames)
+        self.fanout.repair_failed(topic)
+
+    def _cut_broken_subscriber(self, link: Subscriber) -> None:
+        self._cut_broken(link)  # type: ignore[arg-type]
+
+    def _slow_subscriber(self, link: Subscriber) -> None:
+        self.overflow(link)  # type: ignore[arg-type]
+
+    def _subscribe_now(self, link: Link, topic: str, resume: Cursor | None) -> None:
+        """Subscribe with the in-memory broker: the whole seam in one synchronous step."""
+        assert self._memory is not None
+        try:
+            self.fanout.begin_join(link, topic)
+            replay = self._memory.replay_now(topic, resume, now=time.time())
+        except TooManyTopics as exc:
+            self._join_refused(link, topic, exc.code, exc.message)
+            return
+        self._joined(link, topic, self.fanout.joined(link, topic, replay) or 0, replay)
+
+    async def _subscribe(self, link: Link, topic: str, resume: Cursor | None) -> None:
+        """Subscribe through a broker that must be awaited (Redis): join, read, merge."""
+        self.fanout.begin_join(link, topic)
+        for _ in range(JOIN_ATTEMPTS):
+            try:
+                replay = await self.broker.replay(topic, resume, now=time.time())
+            except (TooManyTopics, BrokerUnavailable) as exc:
+                self._join_refused(link, topic, exc.code, exc.message)
+                return
+            sent = self.fanout.joined(link, topic, replay)
+            if sent is not None:
+                self._joined(link, topic, sent, replay)
+                return
+        # Joiners keep racing ahead of this one's reads (can't happen twice in a row
+        # unless publishing outruns Redis reads): shed it; it resumes after the hint.
+        self.fanout.join_failed(link, topic)
+        self._cut(link, CloseCode.TRY_AGAIN_LATER, self.retry_reason(), abort_after=None)
+
+    def _joined(self, link: Link, topic: str, sent: int, replay: Replay) -> None:
+        self.stats.replayed += max(0, sent)
         if replay.missing:
             self.stats.resumes_with_loss += 1
-        if not link.closed:
-            subscribers = self._subscribers.get(topic)
-            if subscribers is None:
-                subscribers = self._subscribers[topic] = set()
-                self.broker.retain(topic)
-            subscribers.add(link)
+
+    def _join_refused(self, link: Link, topic: str, code: str, message: str) -> None:
+        self.fanout.join_failed(link, topic)
+        link.session.topics.discard(topic)
+        if code == ErrorCode.UNAVAILABLE:  # not final: the client re-subscribes after the hint
+            frame = encode(
+                Error(code=code, message=message, ref=topic, retry_after_ms=OVERLOADED_RETRY_MS)
+            )
+        else:
+            frame = error_frame(code, message, topic)
+        link.send_frames([frame])
 
     def _unsubscribe(self, link: Link, topic: str) -> None:
-        subscribers = self._subscribers.get(topic)
-        if subscribers is not None:
-            if link in subscribers and topic in self._pending:
-                # What was published while it was subscribed is still its to receive.
-                self._flush_topic(topic)
-            subscribers.discard(link)
-            if not subscribers:
-                del self._subscribers[topic]
-                self._pending.pop(topic, None)
-                self.broker.release(topic)
+        self.fanout.leave(link, topic)
 
     # --- connections --------------------------------------------------------------------
 
@@ -441,6 +491,12 @@ class Hub:
         link.send_frames([link.session.welcome(wall_ms=int(time.time() * 1000))])
         if self._heartbeat_task is None:
             self._start_heartbeat()
+        if not self._started:
+            # Mounted without the hub's lifespan: connect the broker now. Its reads wait
+            # for the connection themselves, so this link is served meanwhile.
+            task = asyncio.get_running_loop().create_task(self.start())
+            self._repairs.add(task)
+            task.add_done_callback(self._repairs.discard)
 
     def detach(self, link: Link) -> None:
         """Forget ``link``: its subscriptions and queued (not yet started) client messages.
@@ -498,16 +554,21 @@ class Hub:
                 # Busy while anything waits or a handler runs (its command already left
                 # the queue): then this one takes its turn behind them.
                 busy = state.queue or state.worker is not None
-                runs_handler = isinstance(command, DoSend) and isinstance(command.frame, Send)
-                if busy or runs_handler or not self._run_now(link, command):
+                if busy or self._must_wait(command) or not self._run_now(link, command):
                     self._enqueue(link, state, command)
+
+    def _must_wait(self, command: Command) -> bool:
+        """Whether ``command`` needs an ``await``: a handler, or a broker that is not local."""
+        if isinstance(command, DoSend):
+            return isinstance(command.frame, Send) or self._memory is None
+        return isinstance(command, DoSubscribe) and self._memory is None
 
     def _run_now(self, link: Link, command: Command) -> bool:
         """Apply a command that needs no waiting; False if it must queue after all."""
         if isinstance(command, Reply):
             link.send_frames([command.frame])
         elif isinstance(command, DoSubscribe):
-            self._subscribe(link, command.topic, command.resume)
+            self._subscribe_now(link, command.topic, command.resume)
         elif isinstance(command, DoUnsubscribe):
             self._unsubscribe(link, command.topic)
         elif isinstance(command, DoAuth):
@@ -623,6 +684,9 @@ class Hub:
                     state.sends_queued -= 1
                     reply = await self._handle_once(link, command.frame)
                     link.send_frames([reply])
+                elif isinstance(command, DoSubscribe) and self._memory is None:
+                    if not link.closed:
+                        await self._subscribe(link, command.topic, command.resume)
                 elif not link.closed:
                     self._run_now(link, command)
         finally:
@@ -678,32 +742,92 @@ class Hub:
         if earlier is not None:
             self.stats.sends_deduplicated += 1
             return await asyncio.shield(earlier)
+        shared_key = None
+        if self.broker.shared:
+            # Another node may have run it (the client reconnected elsewhere): ask Redis.
+            (scope, msg_id), charge = self._dedup_key(link, frame.id)
+            shared_key = f"{scope}\n{msg_id}"
+            try:
+                recorded = await self.broker.claim(shared_key, charge=charge, now=time.time())
+            except BrokerUnavailable as exc:
+                outcome.cancel()  # not run: a retry must get its chance
+                return self._nack_later(frame.id, ErrorCode.UNAVAILABLE, exc.message)
+            if recorded == IN_PROGRESS:
+                outcome.cancel()
+                return self._nack_later(
+                    frame.id, ErrorCode.IN_PROGRESS, "another hub node is handling this message"
+                )
+            if recorded is not None:
+                outcome.set_result(recorded)
+                self.stats.sends_deduplicated += 1
+                return recorded
         try:
             reply = await self._execute(link, frame)
         except BaseException:
             # Cancelled mid-handler (hub shutting down): let a retry run it afresh.
             outcome.cancel()
+            if shared_key is not None:
+                await self._settle(shared_key, None)
             raise
         outcome.set_result(reply)
         self.stats.sends_handled += 1
+        if shared_key is not None:
+            await self._settle(shared_key, reply)
         return reply
 
-    def _execute_publish(self, link: Link, frame: Publish) -> bytes:
-        if not self.allowed(link.identity, Action.PUBLISH, frame.topic):
-            self.stats.forbidden += 1
-            return encode(
-                Nack(id=frame.id, code=ErrorCode.FORBIDDEN, message="not allowed to publish")
-            )
+    async def _settle(self, key: str, reply: bytes | None) -> None:
         try:
-            entry = self.publish_raw(frame.topic, frame.data)
+            await self.broker.settle(key, reply)
+        except BrokerUnavailable as exc:
+            # This node still remembers it; a retry landing on another node before Redis
+            # is back waits out the claim (it stays "in progress"), then runs again.
+            logger.warning("could not record the outcome of a client message: %s", exc)
+
+    @staticmethod
+    def _nack_later(msg_id: str, code: ErrorCode, message: str) -> bytes:
+        return encode(
+            Nack(id=msg_id, code=code, message=message, retry_after_ms=OVERLOADED_RETRY_MS)
+        )
+
+    def _may_publish(self, link: Link, frame: Publish) -> bytes | None:
+        """The nack for a publish this connection may not make, else ``None``."""
+        if self.allowed(link.identity, Action.PUBLISH, frame.topic):
+            return None
+        self.stats.forbidden += 1
+        return encode(Nack(id=frame.id, code=ErrorCode.FORBIDDEN, message="not allowed to publish"))
+
+    def _execute_publish(self, link: Link, frame: Publish) -> bytes:
+        """A client's publish with the in-memory broker (synchronous)."""
+        assert self._memory is not None
+        refusal = self._may_publish(link, frame)
+        if refusal is not None:
+            return refusal
+        try:
+            self.check_raw(frame.data)
+            entry = self._published(
+                self._memory.publish_now(frame.topic, frame.data, now=time.time())
+            )
         except (InvalidPayload, TooManyTopics) as exc:
             return encode(Nack(id=frame.id, code=exc.code, message=exc.message))
-        epoch = self.broker.log(frame.topic).epoch
-        return encode(Ack(id=frame.id, result={"offset": entry.offset, "epoch": epoch}))
+        return encode(Ack(id=frame.id, result={"offset": entry.offset, "epoch": entry.epoch}))
+
+    async def _execute_publish_shared(self, link: Link, frame: Publish) -> bytes:
+        refusal = self._may_publish(link, frame)
+        if refusal is not None:
+            return refusal
+        try:
+            entry = await self.publish_raw(frame.topic, frame.data)
+        except (InvalidPayload, TooManyTopics) as exc:
+            return encode(Nack(id=frame.id, code=exc.code, message=exc.message))
+        except BrokerUnavailable as exc:
+            return self._nack_later(frame.id, ErrorCode.UNAVAILABLE, exc.message)
+        return encode(Ack(id=frame.id, result={"offset": entry.offset, "epoch": entry.epoch}))
 
     async def _execute(self, link: Link, frame: Send | Publish) -> bytes:
         if isinstance(frame, Publish):
-            return self._execute_publish(link, frame)
+            if self._memory is not None:
+                return self._execute_publish(link, frame)
+            return await self._execute_publish_shared(link, frame)
         handler = self._handlers.get(frame.event)
         if handler is None:
             return encode(
@@ -861,9 +985,25 @@ class Hub:
             if late:
                 logger.warning("shutdown: %d handler(s) still running after %.1fs", len(late), wait)
 
+    @property
+    def ready(self) -> bool:
+        """Serving and able to publish (the broker is reachable): ``/readyz``."""
+        return not self.closing and self.broker.ready
+
+    async def start(self) -> None:
+        """Connect the broker (Redis); idempotent. The hub's ASGI app and ``tether serve``
+        call it at startup; an app that mounts the hub does it through :meth:`lifespan`."""
+        if not self._started:
+            self._started = True
+            await self.broker.start()
+
     async def aclose(self) -> None:
         """Stop background tasks (after :meth:`close_all`)."""
         self.closing = True
+        for task in list(self._repairs):
+            task.cancel()
+        if self._owns_broker:
+            await self.broker.aclose()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -881,6 +1021,7 @@ class Hub:
         running handlers finish (:meth:`drain`), closes every client with 1012 and a
         spread retry hint, then stops the hub's tasks.
         """
+        await self.start()
         yield
         await self.drain()
         self.close_all()

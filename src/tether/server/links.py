@@ -33,7 +33,6 @@ from websockets.frames import Frame, Opcode
 from ..auth import ANONYMOUS, Identity
 
 if TYPE_CHECKING:
-    from .fastws import RawLink
     from .session import ServerSession
 
 logger = logging.getLogger("tether.hub")
@@ -59,6 +58,14 @@ class Batch:
         if self._wire is None:
             self._wire = b"".join([ws_text_frame(f) for f in self.frames])
         return self._wire
+
+
+class RawLink(Protocol):
+    """A connection whose transport takes pre-framed bytes (``fastws.RawLink``)."""
+
+    @property
+    def transport(self) -> asyncio.Transport: ...
+    def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None: ...
 
 
 class Link(Protocol):

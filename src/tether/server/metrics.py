@@ -2,20 +2,24 @@
 
 Each hub gets its own registry (no process-global state, so several hubs in one
 process, as in tests, don't collide), and nothing is recorded on the hot path:
-the collector reads :class:`~tether.server.hub.HubStats` when scraped.
+the collector reads :class:`~tether.server.stats.HubStats` when scraped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .hub import Hub
+from .ports import AppHost
+from .stats import PUBLISH_BUCKETS
 
 COUNTERS = {
     "connections_total": ("tether_connections_opened", "WebSocket sessions opened"),
@@ -46,6 +50,18 @@ COUNTERS = {
         "tether_undeliverable",
         "Messages a client reported it received but could not decode",
     ),
+    "publishes_failed": (
+        "tether_publishes_failed",
+        "Publishes refused because Redis could not be reached (HTTP 503 / 'unavailable')",
+    ),
+    "repairs": (
+        "tether_repairs",
+        "History reads that filled a hole in the Redis pub/sub feed (or checked after a reconnect)",
+    ),
+    "epoch_changes": (
+        "tether_epoch_changes",
+        "Topics whose live feed moved to a new epoch (Redis lost history): clients resynced",
+    ),
     "internal_errors": (
         "tether_internal_errors",
         "Bugs caught by the hub's supervisors (logged with a traceback; the link was cut)",
@@ -53,8 +69,22 @@ COUNTERS = {
 }
 
 
+#: Counters a shared broker keeps (RedisBroker.stats), exported when present.
+BROKER_COUNTERS = {
+    "pubsub_reconnects": (
+        "tether_redis_pubsub_reconnects",
+        "Times this node's Redis pub/sub connection was re-established (then repaired)",
+    ),
+    "epoch_changes": (
+        "tether_redis_epochs_started",
+        "Topic epochs this node started in Redis because the topic's history was lost or "
+        "rolled back",
+    ),
+}
+
+
 class HubCollector(Collector):
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: AppHost) -> None:
         self.hub = hub
 
     def collect(self) -> Iterator[Metric]:
@@ -65,9 +95,25 @@ class HubCollector(Collector):
         yield GaugeMetricFamily("tether_topics", "Topics held in memory", value=len(hub.broker))
         for field, (name, doc) in COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=getattr(hub.stats, field))
+        broker_stats = getattr(hub.broker, "stats", None)
+        for field, (name, doc) in BROKER_COUNTERS.items():
+            if broker_stats is not None and hasattr(broker_stats, field):
+                yield CounterMetricFamily(name, doc, value=getattr(broker_stats, field))
+        stats = hub.stats
+        if stats.publish_seconds_count:
+            cumulative, buckets = 0, []
+            for bound, count in zip(PUBLISH_BUCKETS, stats.publish_seconds, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            yield HistogramMetricFamily(
+                "tether_redis_publish_seconds",
+                "Round trip of a publish through Redis (offset, history and notification)",
+                buckets=buckets,
+                sum_value=stats.publish_seconds_sum,
+            )
 
 
-def make_registry(hub: Hub) -> CollectorRegistry:
+def make_registry(hub: AppHost) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HubCollector(hub))
     return registry

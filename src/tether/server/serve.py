@@ -74,6 +74,7 @@ class GatedServer(EmbeddedServer):
         super().__init__(config)
         self._hub = hub
         self.gate: AcceptGate | None = None
+        self.internal_gate: AcceptGate | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         c = self._hub.config
@@ -98,10 +99,22 @@ class GatedServer(EmbeddedServer):
             on_refused=self._hub.count_refusal,
         )
         self.gate.open()
+        if c.internal_port:
+            internal = listening_socket(c.internal_host, c.internal_port, backlog=c.listen_backlog)
+            self.internal_gate = AcceptGate(
+                internal,
+                create_protocol,
+                admission=self._hub.admission,
+                per_turn=c.listen_backlog,
+                charge=False,
+            )
+            self.internal_gate.open()
+            logger.info("internal listener on %s:%d", c.internal_host, c.internal_port)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self.gate is not None:
-            self.gate.close()  # stop accepting first, as uvicorn does with its own servers
+        for gate in (self.gate, self.internal_gate):
+            if gate is not None:
+                gate.close()  # stop accepting first, as uvicorn does with its own servers
         # Let running handlers finish and send their acks before uvicorn closes every
         # WebSocket with 1012 (a cancelled handler would run again on the client's retry).
         await self._hub.drain()

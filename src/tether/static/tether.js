@@ -216,7 +216,7 @@ const utf8 = new TextEncoder();
 // Pacing to the hub's advertised inbound rate (tether/client/session.py has the reasons).
 const PACE_RATE_SHARE = 0.9;
 const PACE_BURST_SHARE = 0.5;
-const RETRYABLE = new Set(["rate_limited", "overloaded"]);
+const RETRYABLE = new Set(["rate_limited", "overloaded", "unavailable", "in_progress"]);
 const DEFAULT_RETRY_MS = 1000;
 
 class TokenBucket {

@@ -11,6 +11,7 @@ import websockets
 from tether.server.serve import HubServer
 
 from ..conftest import StartHub
+from ..processes import free_port
 from ..support import Recorder, eventually, post_publish
 
 
@@ -79,3 +80,39 @@ async def test_too_many_subscriptions(start_hub: StartHub) -> None:
         replies = [json.loads(await ws.recv()) for _ in range(3)]
     assert [r["type"] for r in replies] == ["subscribed", "subscribed", "error"]
     assert replies[2]["code"] == "too_many_subscriptions" and replies[2]["ref"] == "c"
+
+
+async def test_backends_publish_on_the_internal_listener_without_the_accept_limit(
+    start_hub: StartHub,
+) -> None:
+    """A fresh connection per publish (curl, requests.post) is throttled on the public
+    port by the per-address accept bucket, never on the internal listener."""
+    internal = free_port()
+    server = await start_hub(
+        insecure_dev=False, api_keys="k1", internal_port=internal, handshake_burst=10
+    )
+    headers = {"X-API-Key": "k1", "Connection": "close"}
+
+    async def fresh_publishes(base: str, count: int) -> list[int]:
+        codes = []
+        for n in range(count):
+            async with httpx.AsyncClient(base_url=base) as http:  # a new TCP connection
+                try:
+                    reply = await http.post(
+                        "/publish", json={"topic": "t", "data": n}, headers=headers
+                    )
+                except httpx.TransportError:
+                    codes.append(0)  # a refused socket may close before httpx reads the 429
+                else:
+                    codes.append(reply.status_code)
+        return codes
+
+    public = await fresh_publishes(server.http_url, 40)
+    assert {429, 0} & set(public)  # the flood defence is still there for the public port
+    inside = await fresh_publishes(f"http://127.0.0.1:{internal}", 100)
+    assert inside == [200] * 100
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{internal}") as http:
+        anonymous = await http.post("/publish", json={"topic": "t", "data": 0})
+        assert anonymous.status_code == 401  # credentials are still required
+        assert (await http.get("/metrics")).status_code == 200
+        assert (await http.get("/readyz")).json() == {"status": "ready"}

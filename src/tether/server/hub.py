@@ -1,23 +1,25 @@
-"""The hub: topics, fan-out, resume, client->hub handlers with dedup, heartbeats.
+"""The hub: connections, topics and client messages, wired to a broker.
 
 Theory of operation
 -------------------
-Everything that touches a topic happens synchronously on the event loop, with no
-``await`` in between, which is what makes the resume seam exact:
+The hub is the coordinator; the decisions live in sans-I/O parts it feeds:
 
-* ``publish`` appends to the topic's log (offset +1, frame encoded once) and adds
-  the frame to the topic's *pending batch*; one flush per loop iteration writes
-  each topic's batch to each subscriber as a single write.
-* ``subscribe`` first flushes the topic's pending batch to the existing
-  subscribers, then reads the replay from history and writes ``subscribed`` +
-  replay to the new subscriber, then adds it to the subscriber set. Every
-  message is therefore either in the replay or in a later batch, never both,
-  never neither.
+* :class:`~tether.server.session.ServerSession` per connection turns frames and
+  the time into commands (subscribe, send, pong, ...), heartbeat and rate
+  decisions;
+* :class:`~tether.server.fanout.Fanout` holds every topic's subscribers and the
+  node's cursor: it makes the resume seam exact and repairs a lossy feed;
+* :class:`~tether.server.messages.ClientMessages` runs each client message once
+  through the dedup window (shared through Redis when the broker is);
+* the :class:`~tether.server.broker.Broker` owns offsets, epochs and history:
+  in memory (one node) or in Redis (many).
 
-Client->hub ``send``/``publish`` frames run in order per connection on a small
-worker task, through a dedup window keyed by (identity, id): a retry is answered
-with the first run's outcome (waiting for it if still running), and the handler
-never runs twice.
+A connection's commands apply in the order its frames arrived. With the
+in-memory broker, subscribe and publish complete synchronously, so they run
+inline; a handler, or any broker call that must be awaited (Redis), runs on the
+connection's worker task, and what arrives meanwhile queues behind it, so
+``subscribe T, publish T, unsubscribe T`` always means what it says. Pongs and
+reports skip the queue. Time comes from the ``clock``/``wall`` the hub was given.
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ import contextlib
 import json
 import logging
 import random
-import re
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +48,10 @@ from ..auth import (
     token_from_handshake,
 )
 from ..config import HubConfig, from_env
-from ..dedup import DedupWindow
-from ..errors import CloseCode, ErrorCode, Reject
+from ..errors import CloseCode, ErrorCode
 from ..history import Entry, Replay
 from ..payload import InvalidPayload, check_payload, encode_payload
 from ..protocol import (
-    Ack,
     Authed,
     Cursor,
     Error,
@@ -61,13 +60,13 @@ from ..protocol import (
     Publish,
     Send,
     encode,
-    encode_data,
     validate_topic,
 )
 from .admission import Admission, Refusal
-from .broker import IN_PROGRESS, Broker, BrokerUnavailable, MemoryBroker, TooManyTopics
+from .broker import Broker, BrokerUnavailable, MemoryBroker, TooManyTopics
 from .fanout import Fanout, Subscriber
 from .links import Batch, Link
+from .messages import RETRY_LATER_MS, ClientMessages, Handler
 from .session import (
     Command,
     CountUndeliverable,
@@ -83,15 +82,10 @@ from .stats import HubStats
 
 logger = logging.getLogger("tether.hub")
 
-#: The id form of the official clients: a random 64-bit client instance, then a counter.
-_CLIENT_INSTANCE = re.compile(r"^([0-9a-f]{16})-[0-9]+$")
 
 #: How long a cut-off slow consumer's close frame may wait behind its full buffer before
 #: the socket is aborted: its buffer is what we are protecting, so not long.
 SLOW_CONSUMER_ABORT = 0.5
-#: When a client may retry a message nacked ``overloaded`` (its connection's queue of
-#: pending messages was full): a handler's typical run, so the queue has moved on.
-OVERLOADED_RETRY_MS = 1000
 #: A silent peer is presumed dead: give its close handshake a second, then abort.
 DEAD_PEER_ABORT = 1.0
 #: A repair read that fails (Redis away) is retried after this, doubling up to the max:
@@ -103,18 +97,6 @@ REPAIR_RETRY_MAX = 5.0
 JOIN_ATTEMPTS = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A client message as a hub handler sees it."""
-
-    event: str
-    data: Any
-    id: str
-    session: str
-    identity: Identity
-
-
-Handler = Callable[[Incoming], Awaitable[Any]]
 #: ``authorize(identity, topic, action) -> bool``: the app's own permission decision.
 Authorizer = Callable[[Identity, str, Action], bool]
 
@@ -163,12 +145,18 @@ class Hub:
         *,
         config: HubConfig | None = None,
         broker: Broker | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         **options: Any,
     ) -> None:
         """``broker`` holds topics and history: by default in this process, or in Redis
         when ``redis_url`` is set (several nodes then behave as one). Pass a broker that
         outlives this hub to keep history across a hub restart; the hub closes only a
-        broker it made itself."""
+        broker it made itself. ``clock`` (monotonic: heartbeats, rates, dedup ages) and
+        ``wall`` (message timestamps, token expiry) are the hub's time sources, so tests
+        can drive its time-dependent decisions."""
+        self._clock = clock
+        self._wall = wall
         self.config = config if config is not None else from_env(HubConfig, **options)
         c = self.config
         self._owns_broker = broker is None
@@ -203,10 +191,6 @@ class Hub:
         self._repairs: set[asyncio.Task[None]] = set()
         self._started = False
         self._links: dict[Link, _LinkState] = {}
-        self._handlers: dict[str, Handler] = {}
-        self._dedup: DedupWindow[tuple[str, str], asyncio.Future[bytes]] = DedupWindow(
-            per_charge=c.dedup_window, max_entries=c.dedup_max_entries, ttl=c.dedup_ttl
-        )
         self._flush_handle: asyncio.Handle | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.closing = False
@@ -214,6 +198,18 @@ class Hub:
         self.draining = False
         self._workers: set[asyncio.Task[None]] = set()
         self.authenticator = Authenticator.from_config(c)
+        self.messages = ClientMessages(
+            config=c,
+            broker=broker,
+            stats=self.stats,
+            authenticated=self.authenticator is not None,
+            allowed=self.allowed,
+            check_raw=self.check_raw,
+            publish=self.publish_raw,
+            publish_now=None if self._memory is None else self._publish_now,
+            clock=clock,
+            wall=wall,
+        )
         self.admission = Admission(c)
         #: Optional app hook deciding permissions instead of the token's claims.
         self.authorize: Authorizer | None = None
@@ -221,7 +217,7 @@ class Hub:
     def __repr__(self) -> str:
         return (
             f"<Hub connections={len(self._links)} topics={len(self.broker)} "
-            f"handlers={len(self._handlers)} closing={self.closing}>"
+            f"handlers={len(self.messages.handlers)} closing={self.closing}>"
         )
 
     # --- application API ----------------------------------------------------------------
@@ -237,7 +233,7 @@ class Hub:
         """
 
         def register(handler: Handler) -> Handler:
-            self._handlers[event] = handler
+            self.messages.handlers[event] = handler
             return handler
 
         return register
@@ -269,7 +265,7 @@ class Hub:
         if not self.admission.origin_allowed(headers.get("origin"), headers.get("host")):
             self.stats.handshakes_refused += 1
             return Handshake(refusal=Refusal(403, "origin not allowed"))
-        refusal = self.admission.check(address, now=time.monotonic())
+        refusal = self.admission.check(address, now=self._clock())
         if refusal is not None:
             self.stats.handshakes_refused += 1
             return Handshake(refusal=refusal)
@@ -317,7 +313,7 @@ class Hub:
             raise TypeError("publish_nowait needs the in-memory broker; use await hub.publish()")
         raw = self._encode(data)
         return self._published(
-            self._memory.publish_now(validate_topic(topic), raw, now=time.time())
+            self._memory.publish_now(validate_topic(topic), raw, now=self._wall())
         )
 
     def _encode(self, data: Any) -> msgspec.Raw:
@@ -352,18 +348,23 @@ class Hub:
         if not self._started:
             await self.start()  # mounted without the hub's lifespan: connect on first use
         if self._memory is not None:
-            return self._published(self._memory.publish_now(topic, data, now=time.time()))
-        started = time.monotonic()
+            return self._published(self._memory.publish_now(topic, data, now=self._wall()))
+        started = self._clock()
         try:
             entry = await self.broker.publish(
-                topic, data, now=time.time(), floor=self.fanout.cursor(topic)
+                topic, data, now=self._wall(), floor=self.fanout.cursor(topic)
             )
         except BrokerUnavailable:
             self.stats.publishes_failed += 1
             raise
         finally:
-            self.stats.observe_publish(time.monotonic() - started)
+            self.stats.observe_publish(self._clock() - started)
         return self._published(entry)
+
+    def _publish_now(self, topic: str, data: msgspec.Raw) -> Entry:
+        """Publish to the in-memory broker, synchronously (``data`` already checked)."""
+        assert self._memory is not None
+        return self._published(self._memory.publish_now(topic, data, now=self._wall()))
 
     def _published(self, entry: Entry) -> Entry:
         self.stats.publishes += 1
@@ -375,7 +376,7 @@ class Hub:
 
     async def topic_head(self, topic: str) -> Cursor:
         """The topic's epoch and its last offset (creating the topic if it is new)."""
-        replay = await self.broker.replay(validate_topic(topic), None, now=time.time())
+        replay = await self.broker.replay(validate_topic(topic), None, now=self._wall())
         return Cursor(epoch=replay.epoch, offset=replay.head)
 
     # --- fan-out ------------------------------------------------------------------------
@@ -398,7 +399,7 @@ class Hub:
         delay = REPAIR_RETRY_MIN
         while not self.closing and topic in self.fanout:
             try:
-                replay = await self.broker.replay(topic, after, now=time.time())
+                replay = await self.broker.replay(topic, after, now=self._wall())
             except BrokerUnavailable as exc:
                 # Redis is away: nothing newer can be published either. Keep trying
                 # (bounded delay), so what was missed is delivered once it is back.
@@ -426,7 +427,7 @@ class Hub:
         assert self._memory is not None
         try:
             self.fanout.begin_join(link, topic)
-            replay = self._memory.replay_now(topic, resume, now=time.time())
+            replay = self._memory.replay_now(topic, resume, now=self._wall())
         except TooManyTopics as exc:
             self._join_refused(link, topic, exc.code, exc.message)
             return
@@ -437,7 +438,7 @@ class Hub:
         self.fanout.begin_join(link, topic)
         for _ in range(JOIN_ATTEMPTS):
             try:
-                replay = await self.broker.replay(topic, resume, now=time.time())
+                replay = await self.broker.replay(topic, resume, now=self._wall())
             except (TooManyTopics, BrokerUnavailable) as exc:
                 self._join_refused(link, topic, exc.code, exc.message)
                 return
@@ -460,7 +461,7 @@ class Hub:
         link.session.topics.discard(topic)
         if code == ErrorCode.UNAVAILABLE:  # not final: the client re-subscribes after the hint
             frame = encode(
-                Error(code=code, message=message, ref=topic, retry_after_ms=OVERLOADED_RETRY_MS)
+                Error(code=code, message=message, ref=topic, retry_after_ms=RETRY_LATER_MS)
             )
         else:
             frame = error_frame(code, message, topic)
@@ -475,7 +476,7 @@ class Hub:
         return ServerSession(
             session_id="s-" + secrets.token_hex(6),
             config=self.config,
-            now=time.monotonic(),
+            now=self._clock(),
             # A random phase: connections that arrive together (after a restart) still
             # ping spread over the interval, never all in one loop turn.
             ping_phase=random.random(),
@@ -488,7 +489,7 @@ class Hub:
         self.admission.opened(link.address, self._counted_subject(link))
         link.session.can = lambda action, topic: self.allowed(link.identity, action, topic)
         self.stats.connections_total += 1
-        link.send_frames([link.session.welcome(wall_ms=int(time.time() * 1000))])
+        link.send_frames([link.session.welcome(wall_ms=int(self._wall() * 1000))])
         if self._heartbeat_task is None:
             self._start_heartbeat()
         if not self._started:
@@ -520,12 +521,12 @@ class Hub:
 
     def touch(self, link: Link) -> None:
         """A sign of life from ``link`` that carries no frame (a WebSocket ping or pong)."""
-        link.session.touch(now=time.monotonic())
+        link.session.touch(now=self._clock())
 
     def receive(self, link: Link, data: str | bytes | None, *, binary: bool = False) -> None:
         """Feed one inbound frame from ``link``."""
         session = link.session
-        now = time.monotonic()
+        now = self._clock()
         commands = (
             session.receive_binary(now=now)
             if binary or data is None
@@ -574,7 +575,7 @@ class Hub:
         elif isinstance(command, DoAuth):
             self._reauthenticate(link, command.token)
         elif isinstance(command, DoSend) and isinstance(command.frame, Publish):
-            reply = self._publish_once_now(link, command.frame)
+            reply = self.messages.publish_once_now(link, command.frame)
             if reply is None:
                 return False  # a retry of a message still being handled: wait for it
             link.send_frames([reply])
@@ -654,7 +655,7 @@ class Hub:
                     id=command.frame.id,
                     code=ErrorCode.OVERLOADED,
                     message="too many pending messages on this connection; retry later",
-                    retry_after_ms=OVERLOADED_RETRY_MS,
+                    retry_after_ms=RETRY_LATER_MS,
                 )
                 link.send_frames([encode(nack)])
                 return
@@ -682,7 +683,7 @@ class Hub:
                 command = queue.popleft()
                 if isinstance(command, DoSend):
                     state.sends_queued -= 1
-                    reply = await self._handle_once(link, command.frame)
+                    reply = await self.messages.handle_once(link, command.frame)
                     link.send_frames([reply])
                 elif isinstance(command, DoSubscribe) and self._memory is None:
                     if not link.closed:
@@ -691,169 +692,6 @@ class Hub:
                     self._run_now(link, command)
         finally:
             state.worker = None
-
-    def _publish_once_now(self, link: Link, frame: Publish) -> bytes | None:
-        """A publish through the dedup window, synchronously; ``None`` if a run of the
-        same id is still in progress (the caller queues it to wait for that)."""
-        earlier, outcome = self._remember(link, frame.id)
-        if earlier is not None:
-            if not earlier.done():
-                return None
-            self.stats.sends_deduplicated += 1
-            return earlier.result()
-        reply = self._execute_publish(link, frame)
-        outcome.set_result(reply)
-        self.stats.sends_handled += 1
-        return reply
-
-    def _dedup_key(self, link: Link, msg_id: str) -> tuple[tuple[str, str], str]:
-        """Where a message id is remembered, and whose budget it is charged to.
-
-        With authentication both are the token's subject. Anonymous clients have no
-        identity: their ids are charged to their address, and scoped by the client
-        instance an official id names (``<16 random hex>-<n>``: unguessable, and it
-        survives reconnects from another address), else by the address too.
-        """
-        if self.authenticator is not None:
-            scope = "sub:" + link.identity.subject
-            return (scope, msg_id), scope
-        charge = "addr:" + link.address
-        instance = _CLIENT_INSTANCE.match(msg_id)
-        return ("client:" + instance[1] if instance else charge, msg_id), charge
-
-    def _remember(
-        self, link: Link, msg_id: str
-    ) -> tuple[asyncio.Future[bytes] | None, asyncio.Future[bytes]]:
-        """``(earlier, outcome)``: the earlier run's outcome for this id, if one is
-        remembered (then ``outcome`` is that same future); else a new future, remembered
-        now, that the caller must resolve with this run's reply. A cancelled run (a
-        handler cut short by shutdown) does not count: a retry runs it afresh."""
-        key, charge = self._dedup_key(link, msg_id)
-        now = time.monotonic()
-        earlier = self._dedup.get(key, now=now)
-        if earlier is not None and not earlier.cancelled():
-            return earlier, earlier
-        outcome: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._dedup.put(key, outcome, charge=charge, now=now)
-        return None, outcome
-
-    async def _handle_once(self, link: Link, frame: Send | Publish) -> bytes:
-        earlier, outcome = self._remember(link, frame.id)
-        if earlier is not None:
-            self.stats.sends_deduplicated += 1
-            return await asyncio.shield(earlier)
-        shared_key = None
-        if self.broker.shared:
-            # Another node may have run it (the client reconnected elsewhere): ask Redis.
-            (scope, msg_id), charge = self._dedup_key(link, frame.id)
-            shared_key = f"{scope}\n{msg_id}"
-            try:
-                recorded = await self.broker.claim(shared_key, charge=charge, now=time.time())
-            except BrokerUnavailable as exc:
-                outcome.cancel()  # not run: a retry must get its chance
-                return self._nack_later(frame.id, ErrorCode.UNAVAILABLE, exc.message)
-            if recorded == IN_PROGRESS:
-                outcome.cancel()
-                return self._nack_later(
-                    frame.id, ErrorCode.IN_PROGRESS, "another hub node is handling this message"
-                )
-            if recorded is not None:
-                outcome.set_result(recorded)
-                self.stats.sends_deduplicated += 1
-                return recorded
-        try:
-            reply = await self._execute(link, frame)
-        except BaseException:
-            # Cancelled mid-handler (hub shutting down): let a retry run it afresh.
-            outcome.cancel()
-            if shared_key is not None:
-                await self._settle(shared_key, None)
-            raise
-        outcome.set_result(reply)
-        self.stats.sends_handled += 1
-        if shared_key is not None:
-            await self._settle(shared_key, reply)
-        return reply
-
-    async def _settle(self, key: str, reply: bytes | None) -> None:
-        try:
-            await self.broker.settle(key, reply)
-        except BrokerUnavailable as exc:
-            # This node still remembers it; a retry landing on another node before Redis
-            # is back waits out the claim (it stays "in progress"), then runs again.
-            logger.warning("could not record the outcome of a client message: %s", exc)
-
-    @staticmethod
-    def _nack_later(msg_id: str, code: ErrorCode, message: str) -> bytes:
-        return encode(
-            Nack(id=msg_id, code=code, message=message, retry_after_ms=OVERLOADED_RETRY_MS)
-        )
-
-    def _may_publish(self, link: Link, frame: Publish) -> bytes | None:
-        """The nack for a publish this connection may not make, else ``None``."""
-        if self.allowed(link.identity, Action.PUBLISH, frame.topic):
-            return None
-        self.stats.forbidden += 1
-        return encode(Nack(id=frame.id, code=ErrorCode.FORBIDDEN, message="not allowed to publish"))
-
-    def _execute_publish(self, link: Link, frame: Publish) -> bytes:
-        """A client's publish with the in-memory broker (synchronous)."""
-        assert self._memory is not None
-        refusal = self._may_publish(link, frame)
-        if refusal is not None:
-            return refusal
-        try:
-            self.check_raw(frame.data)
-            entry = self._published(
-                self._memory.publish_now(frame.topic, frame.data, now=time.time())
-            )
-        except (InvalidPayload, TooManyTopics) as exc:
-            return encode(Nack(id=frame.id, code=exc.code, message=exc.message))
-        return encode(Ack(id=frame.id, result={"offset": entry.offset, "epoch": entry.epoch}))
-
-    async def _execute_publish_shared(self, link: Link, frame: Publish) -> bytes:
-        refusal = self._may_publish(link, frame)
-        if refusal is not None:
-            return refusal
-        try:
-            entry = await self.publish_raw(frame.topic, frame.data)
-        except (InvalidPayload, TooManyTopics) as exc:
-            return encode(Nack(id=frame.id, code=exc.code, message=exc.message))
-        except BrokerUnavailable as exc:
-            return self._nack_later(frame.id, ErrorCode.UNAVAILABLE, exc.message)
-        return encode(Ack(id=frame.id, result={"offset": entry.offset, "epoch": entry.epoch}))
-
-    async def _execute(self, link: Link, frame: Send | Publish) -> bytes:
-        if isinstance(frame, Publish):
-            if self._memory is not None:
-                return self._execute_publish(link, frame)
-            return await self._execute_publish_shared(link, frame)
-        handler = self._handlers.get(frame.event)
-        if handler is None:
-            return encode(
-                Nack(
-                    id=frame.id,
-                    code=ErrorCode.NO_HANDLER,
-                    message=f"no handler for event {frame.event!r}",
-                )
-            )
-        incoming = Incoming(
-            event=frame.event,
-            data=frame.data,
-            id=frame.id,
-            session=link.session.id,
-            identity=link.identity,
-        )
-        try:
-            result = await handler(incoming)
-            return encode(Ack(id=frame.id, result=encode_data(result)))
-        except Reject as exc:
-            return encode(Nack(id=frame.id, code=exc.code, message=exc.message))
-        except Exception:
-            logger.exception("handler for %r failed (message %s)", frame.event, frame.id)
-            return encode(
-                Nack(id=frame.id, code=ErrorCode.HANDLER_ERROR, message="the handler failed")
-            )
 
     # --- supervision --------------------------------------------------------------------
 
@@ -902,13 +740,13 @@ class Hub:
         tick = max(0.01, min(c.heartbeat_interval / 25, c.heartbeat_timeout / 4))
         while True:
             await asyncio.sleep(tick)
-            now = time.monotonic()
+            now = self._clock()
             ping: Batch | None = None  # encoded once per tick, and only if someone is due
             for link in list(self._links):
                 try:
                     if not link.closed and link.session.ping_due(now=now):
                         if ping is None:
-                            ping = Batch([encode(Ping(ts=int(time.time() * 1000)))])
+                            ping = Batch([encode(Ping(ts=int(self._wall() * 1000)))])
                         link.deliver(ping)
                     self._check_liveness(link, now=now)
                 except Exception:
@@ -923,14 +761,14 @@ class Hub:
             state.expiry = None
         expires = link.identity.expires_at
         if expires is not None:
-            delay = max(0.0, expires + self.config.jwt_leeway - time.time())
+            delay = max(0.0, expires + self.config.jwt_leeway - self._wall())
             state.expiry = asyncio.get_running_loop().call_later(delay, self._expired, link)
 
     def _expired(self, link: Link) -> None:
         expires = link.identity.expires_at
         if link.closed or expires is None:
             return
-        if time.time() < expires + self.config.jwt_leeway:  # the wall clock stepped back
+        if self._wall() < expires + self.config.jwt_leeway:  # the wall clock stepped back
             state = self._links.get(link)
             if state is not None:
                 self._schedule_expiry(link, state)

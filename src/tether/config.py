@@ -190,6 +190,13 @@ class HubConfig:
         "one turn of a handshake flood stays well under a millisecond; the excess waits "
         "in the kernel and clients retry.",
     )
+    trusted_proxies: str = _field(
+        "",
+        "Addresses or networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) of your load "
+        "balancers. A connection from one is charged to the client address its "
+        "X-Forwarded-For names, so per-address limits apply per client, not to the whole "
+        "balancer. Empty: the header is ignored (anyone could forge it).",
+    )
     inbound_rate: float = _field(
         50.0,
         "Frames per second per connection: far above any UI, far below a flood.",

@@ -10,6 +10,9 @@ before accepting, and tell it when a connection opens and closes.
 * Handshake rate per address: a token bucket, so a reconnecting fleet behind one
   NAT fits in the burst while a flood gets 429 and costs almost nothing.
 * Caps: total sessions (503 with Retry-After: load shedding) and per address (429).
+* Behind a load balancer listed in ``trusted_proxies``, the client's address is the
+  last ``X-Forwarded-For`` hop that is not itself a trusted proxy; the accept gate
+  does not charge the balancer's connections, the handshake charges the client.
 """
 
 from __future__ import annotations
@@ -46,6 +49,23 @@ def parse_origins(value: str) -> frozenset[str] | None:
     return None if "*" in items else frozenset(items)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: str) -> tuple[Network, ...]:
+    """``"127.0.0.1, 10.0.0.0/8"`` -> networks; raises ``ValueError`` naming a bad item."""
+    networks = []
+    for item in (i.strip() for i in value.split(",")):
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {item!r} is not an address or network"
+                ) from None
+    return tuple(networks)
+
+
 def is_loopback_host(hostname: str) -> bool:
     """``localhost``, ``*.localhost`` or a loopback address (127.0.0.0/8, ::1)."""
     hostname = hostname.strip("[]").lower()
@@ -70,6 +90,7 @@ class Admission:
         #: Set by an accept gate that charges each connection to its address's bucket
         #: as it accepts it; the handshake then only checks the caps.
         self.charged_on_accept = False
+        self.proxies = parse_networks(config.trusted_proxies)
 
     def __repr__(self) -> str:
         return f"<Admission open={self.open} tracked={len(self._buckets)}>"
@@ -92,6 +113,29 @@ class Admission:
         # Same origin: the page was served by this host.
         return host is not None and urlsplit(origin).netloc == host.lower()
 
+    def is_proxy(self, address: str) -> bool:
+        """Whether ``address`` is one of ``trusted_proxies``."""
+        if not self.proxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.proxies)
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        """The address a connection is charged to: ``peer``, unless ``peer`` is a
+        trusted proxy, then the nearest ``X-Forwarded-For`` hop that is not one."""
+        if forwarded_for is None or not self.is_proxy(peer):
+            return peer
+        for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
+            if hop and not self.is_proxy(hop):
+                try:
+                    return str(ipaddress.ip_address(hop))
+                except ValueError:
+                    return peer  # garbage from the client's side: charge the proxy
+        return peer
+
     def take(self, address: str, *, now: float) -> bool:
         """Charge one handshake to ``address``'s bucket; False when it is empty."""
         return self._bucket(address, now).take(now)
@@ -109,11 +153,11 @@ class Admission:
             self._buckets.move_to_end(address)
         return bucket
 
-    def check(self, address: str, *, now: float) -> Refusal | None:
+    def check(self, address: str, *, now: float, via_proxy: bool = False) -> Refusal | None:
         """Whether a handshake from ``address`` may proceed (charged to its rate unless
-        an accept gate already did)."""
+        an accept gate already did: it does not charge a trusted proxy's connections)."""
         c = self.config
-        if not self.charged_on_accept:
+        if via_proxy or not self.charged_on_accept:
             bucket = self._bucket(address, now)
             if not bucket.take(now):
                 return Refusal(

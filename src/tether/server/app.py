@@ -119,7 +119,7 @@ def create_app(hub: AppHost) -> Starlette:
                 limit=hub.config.max_send_buffer_bytes,
                 on_overflow=hub.overflow,
                 identity=decision.identity,
-                address=address,
+                address=decision.address,
             )
         else:
             link = QueuedAsgiLink(
@@ -128,7 +128,7 @@ def create_app(hub: AppHost) -> Starlette:
                 limit=hub.config.max_send_buffer_bytes,
                 on_overflow=hub.overflow,
                 identity=decision.identity,
-                address=address,
+                address=decision.address,
             )
         hub.attach(link)
         try:

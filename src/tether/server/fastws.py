@@ -184,7 +184,7 @@ class HubWSProtocol(TetherWSProtocol):
             limit=hub.config.max_send_buffer_bytes,
             on_overflow=hub.overflow,
             identity=decision.identity,
-            address=self.client[0] if self.client else "",
+            address=decision.address,
         )
         hub.attach(self.hub_link)
 

@@ -151,7 +151,9 @@ class AcceptGate:
                 self._pause()
                 return
             address = peer[0] if isinstance(peer, tuple) else ""
-            if not self._charge or self._admission.take(address, now=now):
+            # A trusted proxy carries many clients: they are charged at the handshake.
+            admission = self._admission
+            if not self._charge or admission.is_proxy(address) or admission.take(address, now=now):
                 self._hand_off(conn)
             else:
                 self._refuse(conn)

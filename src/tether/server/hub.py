@@ -114,6 +114,8 @@ class Handshake:
     identity: Identity = ANONYMOUS
     auth_error: str | None = None
     subprotocol: str | None = None
+    #: The client's address (behind a trusted proxy, from X-Forwarded-For).
+    address: str = ""
 
 
 class _LinkState:
@@ -265,28 +267,34 @@ class Hub:
         if not self.admission.origin_allowed(headers.get("origin"), headers.get("host")):
             self.stats.handshakes_refused += 1
             return Handshake(refusal=Refusal(403, "origin not allowed"))
-        refusal = self.admission.check(address, now=self._clock())
+        peer = address
+        address = self.admission.client_address(peer, headers.get("x-forwarded-for"))
+        refusal = self.admission.check(
+            address, now=self._clock(), via_proxy=self.admission.is_proxy(peer)
+        )
         if refusal is not None:
             self.stats.handshakes_refused += 1
             return Handshake(refusal=refusal)
         if self.authenticator is None:
-            return Handshake(subprotocol=subprotocol)
+            return Handshake(subprotocol=subprotocol, address=address)
         token = token_from_handshake(
             headers, subprotocols, query, allow_query=self.config.allow_query_token
         )
         if token is None:
             self.stats.auth_failures += 1
-            return Handshake(auth_error="invalid token: none presented", subprotocol=subprotocol)
+            return Handshake(
+                auth_error="invalid token: none presented", subprotocol=subprotocol, address=address
+            )
         try:
             identity = self.authenticator.verify(token)
         except AuthError as exc:
             self.stats.auth_failures += 1
-            return Handshake(auth_error=str(exc), subprotocol=subprotocol)
+            return Handshake(auth_error=str(exc), subprotocol=subprotocol, address=address)
         refusal = self.admission.identity_full(identity.subject)
         if refusal is not None:
             self.stats.handshakes_refused += 1
             return Handshake(refusal=refusal)
-        return Handshake(identity=identity, subprotocol=subprotocol)
+        return Handshake(identity=identity, subprotocol=subprotocol, address=address)
 
     def _counted_subject(self, link: Link) -> str | None:
         return None if self.authenticator is None else link.identity.subject

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
 from ..conftest import RefusingServer, StartHub
+from ..redis_fixtures import BROKERS, hubs_on
 from ..support import BrokenHub, T, bad_message, eventually, hub_options
 from .conftest import BrowserClient
 
@@ -33,6 +35,13 @@ SCALED = {
 
 #: The async-predicate form of ``eventually`` reads better in these page-driven tests.
 until = eventually
+
+
+@pytest.fixture(params=BROKERS)
+async def start_hub(request: pytest.FixtureRequest) -> AsyncIterator[StartHub]:
+    """Every scenario on both brokers (tests/redis_fixtures.py)."""
+    async for start in hubs_on(request.param):
+        yield start
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Fan-out benchmark: one topic, many WebSocket subscribers, Tether vs a plain `websockets` server.
 
-Run ``python benchmarks/fanout.py`` (``make bench``; about 4 minutes) or ``--quick`` (< 1 minute).
+Run ``python benchmarks/fanout.py`` (``make bench``; about 6 minutes) or ``--quick`` (about a
+minute, a smoke test that includes a reduced Redis section).
 The method and the latest results are in ``docs/benchmarks.md``.
 
 Three processes take part:
@@ -19,6 +20,15 @@ Three processes take part:
 
 For each publish rate (a *step*) it warms up, measures, stops the publisher, then waits for the
 stragglers so that reach (received / (published x N)) is exact.
+
+**Scale-out on Redis** (the last section; ``--only-redis`` runs it alone): a private
+``redis-server`` (no persistence, on a free port, pinned to CPU 0 with the hub nodes) and three
+configurations stepped in turn at each rate, with the same step machinery: ``tether (memory)``,
+``tether + redis, 1 node`` and ``tether + redis, 2 nodes`` (``--role tether-redis-server``; only
+node 1 runs the publisher, which awaits ``hub.publish`` with up to ``REDIS_MAX_INFLIGHT`` publishes
+in flight; the load generator connects half the clients to each node). Server CPU is the sum over
+the nodes and Redis (Redis's is read from ``/proc/<pid>``); each configuration has its own Redis
+key prefix, so an idle one hears nothing of another's publishes.
 """
 
 from __future__ import annotations
@@ -30,17 +40,20 @@ import contextlib
 import dataclasses
 import gc
 import json
+import math
 import os
 import platform
 import resource
 import select
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 TOPIC = "bench"
 PAD = "x" * 54  # makes the payload {"t0":...,"seq":...,"pad":"..."} ~100 bytes
@@ -56,6 +69,18 @@ RATE_KEPT_MIN = 0.97  # the publisher achieved >= 97% of the step's rate
 OTHER_MAX = 10.0
 RETRIES = 2  # re-runs of one disturbed step
 RETRY_BUDGET = [12]  # re-runs left for the whole run (keeps it bounded on a busy machine)
+
+# --- scale-out on Redis ---
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+# Publishes of one Redis node in flight at once: the publisher does not wait for each round
+# trip before the next (Redis then runs them in the order they arrive; each node still sees
+# strictly +1 offsets). Below the hub's Redis pool (64 connections).
+REDIS_MAX_INFLIGHT = 32
+CPU_TARGET = 1.2  # one node on Redis: server + Redis µs/delivery <= 1.2x the in-memory node's
+P99_TARGET = 2.0  # p99 publish->receive on Redis < 2x the in-memory node's ...
+P99_TARGET_RATE = 100  # ... at this publish rate
+MEMORY_ROW = "tether (memory)"
+ONE_NODE_ROW = "tether + redis, 1 node"
 
 MSG_PREFIX = b'{"type":"message"'
 SUBSCRIBED_PREFIX = b'{"type":"subscribed"'
@@ -96,15 +121,57 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+SCHEDSTAT_SOURCE = "run time of each thread, /proc/<pid>/task/*/schedstat (ns)"
+STAT_SOURCE = "utime + stime, /proc/<pid>/stat (clock ticks)"
+
+
+def proc_cpu(pid: int) -> tuple[float, str]:
+    """CPU seconds another process has used so far, and where the figure comes from.
+
+    The threads' run time in ``schedstat`` (ns, what ``time.process_time()`` reads for the
+    hub nodes) when the kernel has it; else ``utime + stime`` from ``/proc/<pid>/stat``,
+    in clock ticks (10 ms at 100 Hz: coarse over a few seconds of a lightly loaded Redis).
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9, SCHEDSTAT_SOURCE
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()  # the name, in (), may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK"), STAT_SOURCE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 # --- server side (subprocess, CPU 0) --------------------------------------------------------
 
 
 class Publisher:
-    """Publishes at ``rate`` messages/s: each wake-up publishes every message due by then."""
+    """Publishes at ``rate`` messages/s: each wake-up publishes every message due by then.
 
-    def __init__(self, publish: Callable[[dict[str, Any]], None]) -> None:
+    ``room``, when given, is awaited before each publish: a publisher whose publishes run as
+    tasks (Redis) waits there while too many are in flight. ``t0`` is stamped after it, when
+    the message is handed to the hub: a wait shows as lateness (``max_late``, the kept rate)
+    rather than as latency.
+    """
+
+    def __init__(
+        self,
+        publish: Callable[[dict[str, Any]], None],
+        room: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.publish = publish
+        self.room = room
         self.rate = 0.0
+        self.gen = 0  # bumped by every set_rate
         self.t_start = 0.0
         self.done = 0  # messages published since the rate was set
         self.published = 0  # since start
@@ -115,6 +182,7 @@ class Publisher:
 
     def set_rate(self, rate: float) -> None:
         self.rate = rate
+        self.gen += 1
         self.t_start = time.monotonic()
         self.done = 0
         self.wake.set()
@@ -132,40 +200,103 @@ class Publisher:
             # step FAILs on the publisher's kept rate) but its loop stays responsive,
             # instead of spending minutes in one catch-up burst deaf to the orchestrator.
             n = min(due - self.done, max(1, int(rate * 0.05)))
-            due = self.done + max(n, 0)
             if n > 0:
                 late = now - (self.t_start + (self.done + 1) / rate)
                 self.max_late = max(self.max_late, late)
                 self.max_burst = max(self.max_burst, n)
                 publish = self.publish
+                room = self.room
+                gen = self.gen
+                sent = 0
                 for _ in range(n):
+                    if room is not None:
+                        await room()
+                        if self.gen != gen:
+                            break  # the rate changed (``rate 0``) while waiting
                     self.seq += 1
                     publish({"t0": time.time(), "seq": self.seq, "pad": PAD})
-                self.done = due
-                self.published += n
+                    self.published += 1
+                    sent += 1
+                if self.gen != gen:
+                    continue
+                self.done += sent
             delay = self.t_start + (self.done + 1) / rate - time.monotonic()
             await asyncio.sleep(max(0.0, min(delay, 0.05)))
 
 
-ServerParts = tuple[int, Callable[[dict[str, Any]], None], Callable[[], dict[str, Any]], object]
+class InFlight:
+    """``hub.publish`` without awaiting each round trip before the next: every publish is a
+    task, at most ``limit`` at once (the publisher awaits :meth:`room`).
+
+    Redis runs them in the order they reach it, which may not be the order they were sent:
+    offsets are still +1 on every node, and each payload's ``t0`` is its own send time.
+    """
+
+    def __init__(
+        self,
+        publish: Callable[[dict[str, Any]], Awaitable[object]],
+        limit: int,
+        errors: tuple[type[Exception], ...],
+    ) -> None:
+        self._publish = publish
+        self.limit = limit
+        self._errors = errors
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._freed = asyncio.Event()
+        self.max_inflight = 0  # since the last stats
+        self.errors = 0
+        self.last_error = ""
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._one(data))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        self.max_inflight = max(self.max_inflight, len(self.tasks))
+
+    async def _one(self, data: dict[str, Any]) -> None:
+        try:
+            await self._publish(data)
+        except self._errors as exc:  # counted and reported: the step's reach shows the loss
+            self.errors += 1
+            self.last_error = repr(exc)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._freed.set()
+
+    async def room(self) -> None:
+        # Bounded: every publish ends within the hub's redis_timeout (2 s), raising or not.
+        while len(self.tasks) >= self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+
+
+@dataclasses.dataclass
+class ServerParts:
+    port: int
+    publish: Callable[[dict[str, Any]], None]
+    info: Callable[[], dict[str, Any]]
+    keep: object  # the server object: holding it keeps it alive
+    room: Callable[[], Awaitable[None]] | None = None
+
+
+# Every client comes from one address (the load generator), so the per-address admission
+# limits (tested in tests/security) would refuse all but the first few: lift them, as the
+# baseline has none. Everything else stays at its default.
+LIFTED_LIMITS: dict[str, Any] = {
+    "heartbeat_interval": 3600.0,
+    "heartbeat_timeout": 3600.0,
+    "handshake_rate": 1_000_000.0,
+    "handshake_burst": 1_000_000,
+    "max_connections_per_address": 1_000_000,
+}
 
 
 async def _tether_server() -> ServerParts:
     from tether.server.hub import Hub
     from tether.server.serve import HubServer
 
-    # Every client comes from one address (the load generator), so the per-address
-    # admission limits (tested in tests/security) would refuse all but the first few:
-    # lift them, as the baseline has none. Everything else stays at its default.
-    hub = Hub(
-        host="127.0.0.1",
-        port=0,
-        heartbeat_interval=3600.0,
-        heartbeat_timeout=3600.0,
-        handshake_rate=1_000_000.0,
-        handshake_burst=1_000_000,
-        max_connections_per_address=1_000_000,
-    )
+    hub = Hub(host="127.0.0.1", port=0, **LIFTED_LIMITS)
     server = HubServer(hub)
     await server.start()
 
@@ -175,7 +306,41 @@ async def _tether_server() -> ServerParts:
     def info() -> dict[str, Any]:
         return {"conns": hub.connection_count, "slow_consumers": hub.stats.slow_consumers}
 
-    return server.port, publish, info, server
+    return ServerParts(server.port, publish, info, server)
+
+
+async def _tether_redis_server(url: str, prefix: str) -> ServerParts:
+    from tether.server.broker import BrokerUnavailable, TooManyTopics
+    from tether.server.hub import Hub
+    from tether.server.serve import HubServer
+
+    hub = Hub(host="127.0.0.1", port=0, redis_url=url, redis_prefix=prefix, **LIFTED_LIMITS)
+    await hub.start()  # connect the broker (the server's lifespan would too; idempotent)
+    deadline = time.monotonic() + 10.0
+    while not hub.ready:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the hub never got ready on Redis at {url}")
+        await asyncio.sleep(0.05)
+    server = HubServer(hub)
+    await server.start()
+    inflight = InFlight(
+        lambda data: hub.publish(TOPIC, data),
+        REDIS_MAX_INFLIGHT,
+        (BrokerUnavailable, TooManyTopics, ValueError, TypeError),  # what hub.publish raises
+    )
+
+    def info() -> dict[str, Any]:
+        stats = {
+            "conns": hub.connection_count,
+            "slow_consumers": hub.stats.slow_consumers,
+            "inflight_max": inflight.max_inflight,
+            "publish_errors": inflight.errors,
+            "last_error": inflight.last_error,
+        }
+        inflight.max_inflight = len(inflight.tasks)
+        return stats
+
+    return ServerParts(server.port, inflight, info, (server, inflight), inflight.room)
 
 
 async def _ws_server() -> ServerParts:
@@ -224,7 +389,7 @@ async def _ws_server() -> ServerParts:
         return {"conns": len(connections), "slow_consumers": 0}
 
     port: int = server.sockets[0].getsockname()[1]
-    return port, publish, info, server
+    return ServerParts(port, publish, info, server)
 
 
 def _reply(obj: Any) -> None:
@@ -232,15 +397,22 @@ def _reply(obj: Any) -> None:
     sys.stdout.flush()
 
 
-async def server_main(kind: str) -> None:
-    start = _tether_server if kind == "tether" else _ws_server
-    port, publish, info, _server = await start()  # holding _server keeps it alive
-    publisher = Publisher(publish)
-    pub_task = asyncio.create_task(publisher.run())
+async def server_main(
+    kind: str, *, redis_url: str = "", redis_prefix: str = "", publishing: bool = True
+) -> None:
+    """Serve, and publish when told a rate (``publishing``: else ``rate`` is acknowledged and
+    ignored, as on node 2 of the two-node Redis case)."""
+    if kind == "tether-redis":
+        parts = await _tether_redis_server(redis_url, redis_prefix)
+    else:
+        parts = await (_tether_server() if kind == "tether" else _ws_server())
+    info = parts.info
+    publisher = Publisher(parts.publish, parts.room)
+    pub_task = asyncio.create_task(publisher.run()) if publishing else None
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    _reply({"ready": True, "port": port, "pid": os.getpid()})
+    _reply({"ready": True, "port": parts.port, "pid": os.getpid()})
     while True:
         line = await reader.readline()
         if not line:
@@ -268,7 +440,8 @@ async def server_main(kind: str) -> None:
         elif cmd == "quit":
             _reply({"bye": True})
             break
-    pub_task.cancel()
+    if pub_task is not None:
+        pub_task.cancel()
     sys.stdout.flush()
     os._exit(0)  # the process is disposable: skip graceful close of thousands of sockets
 
@@ -276,18 +449,26 @@ async def server_main(kind: str) -> None:
 class ServerProc:
     """A server subprocess pinned to CPU 0, driven line by line over its stdin/stdout."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, argv: Sequence[str] | None = None) -> None:
+        """``kind`` names it in the report; ``argv`` (the ``--role ...`` arguments) defaults
+        to the role of ``kind``: ``tether`` or ``websockets``."""
         self.kind = kind
-        role = "tether-server" if kind == "tether" else "ws-server"
+        if argv is None:
+            argv = ["--role", "tether-server" if kind == "tether" else "ws-server"]
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--role", role],
+            [sys.executable, os.path.abspath(__file__), *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        hello = self._read(timeout=30)
-        self.port: int = hello["port"]
         self.pid = self.proc.pid
+        try:
+            hello = self._read(timeout=30)
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
+        self.port: int = hello["port"]
+        self.ports = [self.port]
 
     def _read(self, timeout: float = 30.0) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -319,6 +500,130 @@ class ServerProc:
                 self.proc.wait(timeout=5)
 
 
+class RedisServer:
+    """A private ``redis-server``: a free port on 127.0.0.1, no persistence, pinned to ``cpu``."""
+
+    def __init__(self, cpu: int, *, attempts: int = 3, timeout: float = 10.0) -> None:
+        self.dir = tempfile.mkdtemp(prefix="tether-bench-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            for _ in range(attempts):  # another process may take the free port first
+                self.port = free_port()
+                with open(os.path.join(self.dir, "redis.log"), "ab") as out:
+                    self.proc = subprocess.Popen(
+                        [
+                            *(REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"),
+                            *("--save", "", "--appendonly", "no", "--dir", self.dir),
+                            *("--daemonize", "no", "--logfile", ""),
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                if self._answers(timeout):
+                    break
+                self._stop_proc()
+            else:
+                raise RuntimeError(f"redis-server did not start: {self.log_tail()}")
+            assert self.proc is not None
+            self.pid = self.proc.pid
+            # Every thread (redis starts its bio threads at once), so all of it is on `cpu`.
+            for tid in os.listdir(f"/proc/{self.pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(tid), {cpu})
+            self.affinity = sorted(os.sched_getaffinity(self.pid))
+            self.cpu_source = proc_cpu(self.pid)[1]
+            version = subprocess.run(
+                [REDIS_SERVER, "--version"], capture_output=True, text=True, timeout=10
+            ).stdout.split()
+            self.version = next((v[2:] for v in version if v.startswith("v=")), "?")
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def _answers(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as s,
+            ):
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def log_tail(self) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.dir, "redis.log").read_text(errors="replace")[-400:]
+        return "(no log)"
+
+    def cpu(self) -> float:
+        return proc_cpu(self.pid)[0]
+
+    def _stop_proc(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()  # SIGTERM to its pid: with --save "" it exits without writing
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def stop(self) -> None:
+        try:
+            self._stop_proc()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Target(Protocol):
+    """The server side of a step: what :func:`run_step` drives."""
+
+    kind: str
+    ports: list[int]  # where the load generator connects (split evenly)
+
+    def cmd(self, line: str, timeout: float = 120.0) -> dict[str, Any]: ...
+
+
+class Nodes:
+    """Hub nodes on one Redis, driven as one server: node 1 runs the publisher.
+
+    ``stats`` answers node 1's publisher figures, with ``cpu`` the CPU of every node plus
+    Redis's (``nodes_cpu`` and ``redis_cpu`` apart), and the connections of each node.
+    """
+
+    def __init__(self, kind: str, procs: Sequence[ServerProc], redis: RedisServer) -> None:
+        self.kind = kind
+        self.procs = list(procs)
+        self.redis = redis
+        self.ports = [p.port for p in self.procs]
+
+    def cmd(self, line: str, timeout: float = 120.0) -> dict[str, Any]:
+        if line.startswith("rate"):
+            return self.procs[0].cmd(line, timeout)
+        if line != "stats":
+            replies = [p.cmd(line, timeout) for p in self.procs]
+            return replies[0]
+        each = [p.cmd("stats", timeout) for p in self.procs]
+        redis_cpu = self.redis.cpu()
+        out = dict(each[0])
+        out["nodes_cpu"] = sum(s["cpu"] for s in each)
+        out["redis_cpu"] = redis_cpu
+        out["cpu"] = out["nodes_cpu"] + redis_cpu
+        out["conns_each"] = [s["conns"] for s in each]
+        out["conns"] = sum(out["conns_each"])
+        out["slow_consumers"] = sum(s["slow_consumers"] for s in each)
+        out["publish_errors"] = sum(s.get("publish_errors", 0) for s in each)
+        return out
+
+
 # --- load generator (this process, CPU 1) ---------------------------------------------------
 
 
@@ -331,19 +636,24 @@ def masked_text_frame(payload: bytes) -> bytes:
 
 
 class Conn:
-    __slots__ = ("buf", "sock", "subscribed")
+    __slots__ = ("buf", "port", "sock", "subscribed")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, port: int) -> None:
         self.sock = sock
+        self.port = port
         self.buf = b""
         self.subscribed = False
 
 
 class LoadGen:
-    """N WebSocket subscribers on raw sockets, one epoll loop, header-only frame scanning."""
+    """N WebSocket subscribers on raw sockets, one epoll loop, header-only frame scanning.
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    With several ``ports`` (hub nodes) each new connection goes to the one with the fewest.
+    """
+
+    def __init__(self, ports: int | Sequence[int]) -> None:
+        self.ports = [ports] if isinstance(ports, int) else list(ports)
+        self.per_port = dict.fromkeys(self.ports, 0)  # open connections to each port
         self.ep = select.epoll()
         self.conns: dict[int, Conn] = {}
         self.frames = 0  # message frames received, all connections
@@ -356,9 +666,9 @@ class LoadGen:
     def __len__(self) -> int:
         return len(self.conns)
 
-    def _handshake_request(self, key: str) -> bytes:
+    def _handshake_request(self, key: str, port: int) -> bytes:
         return (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
@@ -370,11 +680,13 @@ class LoadGen:
         while remaining > 0:
             pending = []
             for _ in range(min(batch, remaining)):
-                sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                port = min(self.ports, key=self.per_port.__getitem__)
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                self.per_port[port] += 1  # at once, so that one batch spreads evenly
                 key = base64.b64encode(os.urandom(16)).decode()
-                sock.sendall(self._handshake_request(key))
-                pending.append(sock)
-            for sock in pending:
+                sock.sendall(self._handshake_request(key, port))
+                pending.append((sock, port))
+            for sock, port in pending:
                 head = b""
                 while b"\r\n\r\n" not in head:
                     chunk = sock.recv(4096)
@@ -386,7 +698,7 @@ class LoadGen:
                     raise RuntimeError(f"handshake refused: {status[:80]!r}")
                 sock.sendall(masked_text_frame(self.subscribe))
                 sock.setblocking(False)
-                conn = Conn(sock)
+                conn = Conn(sock, port)
                 self.conns[sock.fileno()] = conn
                 self.ep.register(sock.fileno(), select.EPOLLIN)
                 if rest:
@@ -411,7 +723,8 @@ class LoadGen:
         fd = conn.sock.fileno()
         with contextlib.suppress(OSError, ValueError):
             self.ep.unregister(fd)
-        self.conns.pop(fd, None)
+        if self.conns.pop(fd, None) is not None:
+            self.per_port[conn.port] -= 1
         conn.sock.close()
         if lost:
             self.lost += 1
@@ -513,6 +826,8 @@ class Config:
     high_n: int  # subscribers in the high per-topic rate phase
     high_rates: list[int]
     rss_ns: list[int]  # idle-connection counts for the RSS measurement
+    redis_n: int  # subscribers in the Redis section (split across the nodes)
+    redis_rates: list[int]
     warmup: float
     measure: float
 
@@ -525,6 +840,8 @@ FULL = Config(
     high_n=50,
     high_rates=[1000, 2000, 4000, 5000, 6000, 8000],
     rss_ns=[1000, 5000],
+    redis_n=1000,
+    redis_rates=[10, 50, 100],
     warmup=1.0,
     measure=3.0,
 )
@@ -536,6 +853,8 @@ QUICK = Config(
     high_n=20,
     high_rates=[2000],
     rss_ns=[200, 1000],
+    redis_n=200,
+    redis_rates=[100],
     warmup=0.5,
     measure=1.5,
 )
@@ -551,7 +870,12 @@ class Step:
     reach: float = 0.0
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
-    server_cpu_us: float = float("nan")  # per delivery
+    max_ms: float = float("nan")  # the largest latency sample
+    server_cpu_us: float = float("nan")  # per delivery (nodes + Redis, with Redis)
+    redis_cpu_us: float = float("nan")  # Redis CPU per publish
+    publish_errors: int = 0
+    inflight_max: int = 0  # the Redis publisher's most publishes in flight at once
+    conns_each: list[int] = dataclasses.field(default_factory=list)  # per node, with Redis
     server_cpu_pct: float = 0.0
     loadgen_cpu_pct: float = 0.0
     pub_rate: float = 0.0
@@ -604,7 +928,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[i]
 
 
-def run_step(server: ServerProc, lg: LoadGen, n: int, rate: int, cfg: Config) -> Step:
+def run_step(server: Target, lg: LoadGen, n: int, rate: int, cfg: Config) -> Step:
     if len(lg) < n:  # replace connections the server cut off in an earlier step
         lg.connect(n - len(lg))
     lost_before = lg.lost
@@ -638,6 +962,7 @@ def run_step(server: ServerProc, lg: LoadGen, n: int, rate: int, cfg: Config) ->
     samples = sorted(lg.samples)
     step.p50_ms = percentile(samples, 0.50) * 1000
     step.p99_ms = percentile(samples, 0.99) * 1000
+    step.max_ms = samples[-1] * 1000 if samples else float("nan")
     server_cpu = s1["cpu"] - s0["cpu"]
     span = s1["mono"] - s0["mono"]
     step.server_cpu_us = server_cpu / (published * n) * 1e6 if published else float("nan")
@@ -647,13 +972,20 @@ def run_step(server: ServerProc, lg: LoadGen, n: int, rate: int, cfg: Config) ->
     step.max_late_ms = s1["max_late"] * 1000
     step.max_burst = s1["max_burst"]
     step.lost = lg.lost - lost_before
+    if "redis_cpu" in s1 and published:
+        step.redis_cpu_us = (s1["redis_cpu"] - s0["redis_cpu"]) / published * 1e6
+    step.publish_errors = last.get("publish_errors", 0) - first.get("publish_errors", 0)
+    step.inflight_max = s1.get("inflight_max", 0)
+    if step.publish_errors:
+        log(f"  {step.publish_errors} publish(es) failed, the last: {last.get('last_error')}")
+    step.conns_each = list(s1.get("conns_each", []))
     ours = server_cpu / span + (cpu1 - cpu0) / (t1 - t0)
     step.other_pct = max(0.0, 100 * ((busy1 - busy0) / (t1 - t0) - ours))
     step.steal_pct = 100 * (steal1 - steal0) / (t1 - t0)
     return step
 
 
-def run_step_checked(server: ServerProc, lg: LoadGen, n: int, rate: int, cfg: Config) -> Step:
+def run_step_checked(server: Target, lg: LoadGen, n: int, rate: int, cfg: Config) -> Step:
     """:func:`run_step`, run again (up to RETRIES times) while other load disturbs it."""
     step = run_step(server, lg, n, rate, cfg)
     for _ in range(RETRIES):
@@ -691,7 +1023,25 @@ def fmt_step(s: Step) -> str:
         f"srv {s.server_cpu_us:5.2f} us/deliv ({s.server_cpu_pct:3.0f}%)  "
         f"lg {s.loadgen_cpu_pct:3.0f}%  other {s.other_pct + s.steal_pct:3.0f}%  "
         f"pub {s.pub_rate:7.1f}/s  {s.verdict}"
+        + (
+            f"  [redis {s.redis_cpu_us:.0f} us/publish, max {s.max_ms:.1f} ms, "
+            f"conns {'+'.join(map(str, s.conns_each))}, in flight <= {s.inflight_max}, "
+            f"errors {s.publish_errors}]"
+            if s.conns_each
+            else ""
+        )
     )
+
+
+@dataclasses.dataclass
+class RedisSection:
+    n: int
+    rates: list[int]
+    rows: dict[str, list[Step]]  # configuration -> its steps, memory first
+    redis_version: str
+    redis_affinity: list[int]
+    cpu_source: str
+    redis_idle_pct: float  # Redis CPU with every configuration connected and idle
 
 
 @dataclasses.dataclass
@@ -700,16 +1050,21 @@ class Results:
     ab: dict[str, dict[int, list[Step]]] = dataclasses.field(default_factory=dict)
     steps: dict[str, list[Step]] = dataclasses.field(default_factory=dict)
     high: dict[str, list[Step]] = dataclasses.field(default_factory=dict)
+    redis: RedisSection | None = None
+    redis_error: str = ""  # why the Redis section could not run
 
 
 def stepped(
-    servers: dict[str, ServerProc],
-    lgs: dict[str, LoadGen],
+    servers: Mapping[str, Target],
+    lgs: Mapping[str, LoadGen],
     n: int,
     rates: list[int],
     cfg: Config,
+    *,
+    stop_at_failure: bool = True,
 ) -> dict[str, list[Step]]:
-    """Step the rate up, both servers at each rate in turn, each until its first failed step."""
+    """Step the rate up, every server at each rate in turn, each until its first failed step
+    (or through every rate, without ``stop_at_failure``)."""
     out: dict[str, list[Step]] = {kind: [] for kind in servers}
     active = list(servers)
     for i, rate in enumerate(rates):
@@ -719,10 +1074,14 @@ def stepped(
             out[kind].append(step)
             log(fmt_step(step))
             if not step.sustained:
-                # Past saturation its backlog must not disturb the other server's next steps:
-                # dropping the sockets makes the server discard what it still buffers.
-                active.remove(kind)
+                # Past saturation its backlog must not disturb the other servers' next steps:
+                # dropping the sockets makes the server discard what it still buffers (its
+                # next step, if any, connects N fresh subscribers).
                 lgs[kind].close()
+                if stop_at_failure:
+                    active.remove(kind)
+                else:
+                    lgs[kind].pump(0.3)  # let the server see the closes before going on
         if not active:
             break
     return out
@@ -783,6 +1142,84 @@ def run_all(cfg: Config) -> Results:
     return res
 
 
+def two_node_row(n: int) -> str:
+    return f"tether + redis, 2 nodes ({n - n // 2} + {n // 2} clients)"
+
+
+def run_redis(cfg: Config) -> RedisSection:
+    """Scale-out on Redis: memory, one node and two nodes on one private Redis, interleaved.
+
+    All three are up at once, each with its own N subscribers (idle while another is stepped)
+    and, on Redis, its own key prefix, so one configuration's publishes reach only its own
+    subscribers. Hub nodes and Redis share CPU 0; the load generator keeps CPU 1.
+    """
+    n = cfg.redis_n
+    started: list[ServerProc] = []
+    lgs: dict[str, LoadGen] = {}
+    redis: RedisServer | None = None
+
+    def server(kind: str, argv: list[str]) -> ServerProc:
+        proc = ServerProc(kind, argv)
+        started.append(proc)
+        return proc
+
+    def node(name: str, url: str, prefix: str, *, publisher: bool) -> ServerProc:
+        argv = ["--role", "tether-redis-server", "--redis-url", url, "--redis-prefix", prefix]
+        return server(name, [*argv, "--publisher" if publisher else "--no-publisher"])
+
+    try:
+        redis = RedisServer(SERVER_CPU)
+        log(
+            f"redis-server {redis.version}: pid {redis.pid} on 127.0.0.1:{redis.port}, "
+            f"CPU {redis.affinity}"
+        )
+        url = redis.url
+        targets: dict[str, Target] = {
+            MEMORY_ROW: server(MEMORY_ROW, ["--role", "tether-server"]),
+            ONE_NODE_ROW: Nodes(
+                ONE_NODE_ROW, [node("1 node", url, "bench-1-node", publisher=True)], redis
+            ),
+            two_node_row(n): Nodes(
+                two_node_row(n),
+                [
+                    node("2 nodes: node 1", url, "bench-2-nodes", publisher=True),
+                    node("2 nodes: node 2", url, "bench-2-nodes", publisher=False),
+                ],
+                redis,
+            ),
+        }
+        for kind, target in targets.items():
+            lgs[kind] = LoadGen(target.ports)
+            lgs[kind].connect(n)
+            stats = target.cmd("stats")
+            conns = stats.get("conns_each") or [stats["conns"]]
+            log(f"  {kind}: {'+'.join(map(str, conns))} subscribers")
+        # Redis's CPU when nothing is published (housekeeping, the nodes' 1 s probes): part
+        # of every step's Redis figure, so it weighs most per publish at low rates.
+        idle_span = max(1.0, cfg.measure)
+        cpu0, t0 = redis.cpu(), time.monotonic()
+        time.sleep(idle_span)
+        redis_idle_pct = 100 * (redis.cpu() - cpu0) / (time.monotonic() - t0)
+        log(f"  redis-server idle: {redis_idle_pct:.2f}% of a core")
+        rows = stepped(targets, lgs, n, cfg.redis_rates, cfg, stop_at_failure=False)
+        return RedisSection(
+            n=n,
+            rates=list(cfg.redis_rates),
+            rows=rows,
+            redis_version=redis.version,
+            redis_affinity=redis.affinity,
+            cpu_source=redis.cpu_source,
+            redis_idle_pct=redis_idle_pct,
+        )
+    finally:
+        for lg in lgs.values():
+            lg.close()
+        for proc in started:
+            proc.stop()
+        if redis is not None:
+            redis.stop()
+
+
 def max_sustained(steps: list[Step]) -> tuple[Step | None, str]:
     """The last step of the unbroken run of sustained, valid steps, and what ended the run."""
     best = None
@@ -835,16 +1272,137 @@ def yes(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def render(res: Results, cfg: Config, quick: bool) -> str:
+def judge(row: Step, ref: Step, r: float, limit: float, *, strict: bool) -> str:
+    """PASS/MISS of the ratio ``r`` (``row`` over the memory ``ref``) against ``limit``, with
+    whatever makes the comparison doubtful."""
+    if not math.isfinite(r):
+        return "n/a (no figure)"
+    if not row.sustained:
+        verdict = "MISS (step not sustained)"
+    elif not ref.sustained:
+        verdict = "inconclusive (memory step not sustained)"
+    else:
+        verdict = "PASS" if (r < limit if strict else r <= limit) else "MISS"
+    doubts = []
+    if not (row.valid and ref.valid):
+        doubts.append("INVALID step: load gen > 85%")
+    if row.disturbed or ref.disturbed:
+        doubts.append("DISTURBED step")
+    return verdict + (f" ({', '.join(doubts)})" if doubts else "")
+
+
+def fratio(a: float, b: float) -> float:
+    return a / b if b and math.isfinite(a) and math.isfinite(b) else float("nan")
+
+
+def fmt_ratio(r: float) -> str:
+    return f"{r:.2f}x" if math.isfinite(r) else "n/a"
+
+
+def md_redis(sec: RedisSection) -> list[str]:
+    memory = {s.rate: s for s in sec.rows.get(MEMORY_ROW, [])}
+    redis_rows = [kind for kind in sec.rows if kind != MEMORY_ROW]
+    idle_share = " and ".join(
+        f"{sec.redis_idle_pct * 1e4 / rate:.0f} µs per publish at {rate} msgs/s"
+        for rate in sorted({min(sec.rates), max(sec.rates)})
+    )
+    cpu_rule = f"CPU <= {CPU_TARGET:g}x"
+    p99_rule = f"p99 < {P99_TARGET:g}x at {P99_TARGET_RATE}/s"
     lines = [
-        "## Fan-out benchmark results" + (" (--quick)" if quick else ""),
+        f"#### Scale-out on Redis: N = {sec.n} subscribers on one topic",
         "",
-        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}, "
-        f"Python {platform.python_version()}. Server pinned to CPU {SERVER_CPU}, "
-        f"load generator to CPU {LOADGEN_CPU}. Warm-up {cfg.warmup:g} s and measurement "
-        f"{cfg.measure:g} s per step. Run at {time.strftime('%Y-%m-%d %H:%M')}.",
-        "",
+        "| configuration | msgs/s | deliveries/s | reach | p50 ms | p99 ms | max ms "
+        "| server+redis µs/delivery | redis µs/publish | µs/delivery vs memory "
+        "| p99 vs memory | CPU 0 (nodes + redis) | load gen CPU | other load | step | targets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
+    summary: list[str] = []
+    for rate in sec.rates:
+        ref = memory.get(rate)
+        for kind, steps in sec.rows.items():
+            s = next((x for x in steps if x.rate == rate), None)
+            if s is None:
+                continue
+            cpu_r = p99_r = float("nan")
+            targets = "reference"
+            if kind != MEMORY_ROW:
+                targets = "n/a (no memory step)"
+            if kind != MEMORY_ROW and ref is not None:
+                cpu_r = fratio(s.server_cpu_us, ref.server_cpu_us)
+                p99_r = fratio(s.p99_ms, ref.p99_ms)
+                verdicts = []
+                if kind == ONE_NODE_ROW:
+                    cpu = judge(s, ref, cpu_r, CPU_TARGET, strict=False)
+                    verdicts.append(f"{cpu_rule}: {cpu}")
+                    summary.append(
+                        f"| server+redis µs/delivery <= {CPU_TARGET:g}x memory | {kind} | "
+                        f"{rate} | {ref.server_cpu_us:.2f} | {s.server_cpu_us:.2f} | "
+                        f"{fmt_ratio(cpu_r)} | {cpu} |"
+                    )
+                if rate == P99_TARGET_RATE:
+                    p99 = judge(s, ref, p99_r, P99_TARGET, strict=True)
+                    verdicts.append(f"{p99_rule}: {p99}")
+                    summary.append(
+                        f"| p99 publish→receive < {P99_TARGET:g}x memory at {P99_TARGET_RATE} "
+                        f"msgs/s | {kind} | {rate} | {ref.p99_ms:.1f} ms | {s.p99_ms:.1f} ms | "
+                        f"{fmt_ratio(p99_r)} | {p99} |"
+                    )
+                targets = "; ".join(verdicts) or "—"
+            redis_us = f"{s.redis_cpu_us:.1f}" if math.isfinite(s.redis_cpu_us) else "—"
+            lines.append(
+                f"| {kind} | {rate} | {s.deliveries_per_s:,.0f} | {100 * s.reach:.3f}% | "
+                f"{s.p50_ms:.1f} | {s.p99_ms:.1f} | {s.max_ms:.1f} | {s.server_cpu_us:.2f} | "
+                f"{redis_us} | {fmt_ratio(cpu_r) if kind != MEMORY_ROW else '—'} | "
+                f"{fmt_ratio(p99_r) if kind != MEMORY_ROW else '—'} | "
+                f"{s.server_cpu_pct:.0f}% | {s.loadgen_cpu_pct:.0f}% | "
+                f"{s.other_pct + s.steal_pct:.0f}% | {s.verdict} | {targets} |"
+            )
+    lines += [
+        "",
+        "| target | configuration | msgs/s | memory | redis | ratio | result |",
+        "|---|---|---:|---:|---:|---:|---|",
+        *summary,
+    ]
+    if P99_TARGET_RATE not in sec.rates:
+        lines.append(f"| p99 target | — | {P99_TARGET_RATE} | — | — | — | not run |")
+    if not any(kind == ONE_NODE_ROW for kind in redis_rows):
+        lines.append(f"| CPU target | {ONE_NODE_ROW} | — | — | — | — | not run |")
+    lines += [
+        "",
+        f"Placement: the hub node(s) and `redis-server` {sec.redis_version} (its threads' "
+        f'affinity: CPU {", ".join(map(str, sec.redis_affinity))}; `--save "" --appendonly '
+        f"no`, loopback, a free port) all run on CPU {SERVER_CPU}; the load generator has CPU "
+        f"{LOADGEN_CPU}. The three configurations are stepped in turn at each rate, all "
+        "connected throughout (an idle one costs nothing but the Redis nodes' 1 s probes); "
+        "each Redis configuration has its own key prefix, so its publishes reach only its "
+        "own subscribers. In the two-node case node 1 runs the publisher and the load "
+        "generator connects half the clients to each node; every delivery goes through "
+        "Redis pub/sub (a node's own publishes too).",
+        "",
+        "*server+redis µs/delivery* is the CPU of every hub node plus Redis's over the "
+        "window, divided by publishes x N; *redis µs/publish* is Redis's alone, divided by "
+        f"publishes (Redis CPU: {sec.cpu_source}; it includes what Redis uses when nothing "
+        f"is published, housekeeping and the nodes' probes: {sec.redis_idle_pct:.2f}% of a "
+        f"core here, i.e. {idle_share}). "
+        "*CPU 0* is their sum in % of that core. The Redis publisher awaits `hub.publish` "
+        f"with up to {REDIS_MAX_INFLIGHT} publishes in flight (each payload's `t0` is taken "
+        "when it is handed to the hub, so the Redis round trip is in the latency); the "
+        "memory one calls `hub.publish_nowait`. Latency is sampled on one frame in ten; *max* "
+        "is the largest sample. Targets (from the scale-out issue, stated at N = 1,000): one "
+        f"node on Redis within {CPU_TARGET:g}x the in-memory node's server CPU per delivery; "
+        f"p99 publish→receive under {P99_TARGET:g}x in-memory at {P99_TARGET_RATE} msgs/s. A "
+        "target is MISSed by a step that is not sustained; INVALID or DISTURBED steps on "
+        "either side are flagged."
+        + (
+            f" This run has N = {sec.n}: the targets are judged at that N." if sec.n != 1000 else ""
+        ),
+    ]
+    return lines
+
+
+def md_memory(res: Results, cfg: Config) -> list[str]:
+    """The in-memory sections: stepped rate, high rate, fixed-rate A/B, RSS, ratios."""
+    lines: list[str] = []
     lines += md_steps(
         f"Stepped publish rate: N = {cfg.n} subscribers on one topic",
         [s for kind in KINDS for s in res.steps[kind]],
@@ -885,10 +1443,10 @@ def render(res: Results, cfg: Config, quick: bool) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for kind in KINDS:
-        for r in res.rss[kind]:
+        for rss in res.rss[kind]:
             lines.append(
-                f"| {kind} | {r['n']} | {r['before_kib'] / 1024:.1f} | "
-                f"{r['after_kib'] / 1024:.1f} | {r['per_conn_kib']:.1f} |"
+                f"| {kind} | {rss['n']} | {rss['before_kib'] / 1024:.1f} | "
+                f"{rss['after_kib'] / 1024:.1f} | {rss['per_conn_kib']:.1f} |"
             )
     lines += [
         "",
@@ -939,9 +1497,9 @@ def render(res: Results, cfg: Config, quick: bool) -> str:
         )
     lines.append("")
     for kind in KINDS:
-        for steps in (res.steps[kind], res.high[kind]):
-            top = highest_sustained(steps)
-            if top is not None and top is not max_sustained(steps)[0]:
+        for kind_steps in (res.steps[kind], res.high[kind]):
+            top = highest_sustained(kind_steps)
+            if top is not None and top is not max_sustained(kind_steps)[0]:
                 lines.append(
                     f"- {kind} also sustained {top.deliveries_per_s:,.0f} deliveries/s "
                     f"(N={top.n}, {top.rate} msgs/s: p99 {top.p99_ms:.1f} ms, reach "
@@ -949,13 +1507,33 @@ def render(res: Results, cfg: Config, quick: bool) -> str:
                     f"{top.loadgen_cpu_pct:.0f}%), past a step the load generator made INVALID; "
                     "not counted above."
                 )
+    return lines
+
+
+def render(res: Results, cfg: Config, quick: bool) -> str:
+    lines = [
+        "## Fan-out benchmark results" + (" (--quick)" if quick else ""),
+        "",
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}. Server pinned to CPU {SERVER_CPU}, "
+        f"load generator to CPU {LOADGEN_CPU}. Warm-up {cfg.warmup:g} s and measurement "
+        f"{cfg.measure:g} s per step. Run at {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+    ]
+    if res.steps:
+        lines += md_memory(res, cfg)
+    if res.redis is not None:
+        lines += md_redis(res.redis)
+    elif res.redis_error:
+        lines += ["#### Scale-out on Redis", "", f"**Not run**: {res.redis_error}", ""]
     lines += [
         "",
         f"A step is *sustained* when p99 < {P99_LIMIT * 1000:.0f} ms, reach >= "
         f"{REACH_MIN * 100:.1f}% and the publisher achieved >= {RATE_KEPT_MIN * 100:.0f}% of "
         f"its rate; it is *INVALID* when the load generator used more than "
         f"{LOADGEN_VALID_MAX * 100:.0f}% of its core (the client side, not the server, may then "
-        "be what limits it). A server stops stepping at its first step not sustained. *Max "
+        "be what limits it). A server stops stepping at its first step not sustained (the Redis "
+        "section runs every rate, reconnecting its N subscribers after a failed step). *Max "
         "sustained* is the last step of the unbroken run of sustained, valid steps.",
         "",
     ]
@@ -978,12 +1556,39 @@ def main() -> None:
         default=str(Path(__file__).with_name("results.md")),
         help="where to write the markdown report (default: benchmarks/results.md)",
     )
-    parser.add_argument("--role", choices=["tether-server", "ws-server"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only-redis",
+        action="store_true",
+        help="run only the 'Scale-out on Redis' section (with --quick: its reduced form)",
+    )
+    # The server roles (subprocesses of the orchestrator):
+    parser.add_argument(
+        "--role",
+        choices=["tether-server", "tether-redis-server", "ws-server"],
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--redis-prefix", default="tether", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--publisher", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     raise_nofile()
     if args.role is not None:
         pin(SERVER_CPU)
-        asyncio.run(server_main("tether" if args.role == "tether-server" else "websockets"))
+        kind = {"tether-server": "tether", "tether-redis-server": "tether-redis"}.get(
+            args.role, "websockets"
+        )
+        if kind == "tether-redis" and not args.redis_url:
+            parser.error("--role tether-redis-server needs --redis-url")
+        asyncio.run(
+            server_main(
+                kind,
+                redis_url=args.redis_url,
+                redis_prefix=args.redis_prefix,
+                publishing=args.publisher,
+            )
+        )
         return
     pin(LOADGEN_CPU)
     cfg = QUICK if args.quick else FULL
@@ -996,12 +1601,19 @@ def main() -> None:
             "busy; disturbed steps will be run again (see the 'other load' column)"
         )
     started = time.monotonic()
-    results = run_all(cfg)
+    results = Results() if args.only_redis else run_all(cfg)
+    try:
+        results.redis = run_redis(cfg)
+    except (OSError, RuntimeError, ValueError) as exc:  # e.g. no redis-server: keep the rest
+        results.redis_error = f"{type(exc).__name__}: {exc}"
+        log(f"the Redis section failed: {results.redis_error}")
     log(f"done in {time.monotonic() - started:.0f} s")
     report = render(results, cfg, args.quick)
     print(report)
     Path(args.markdown).write_text(report)
     log(f"wrote {args.markdown}")
+    if results.redis_error:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 
@@ -12,8 +13,9 @@ import pytest
 
 from tether.config import HubConfig
 from tether.server.admission import Admission
-from tether.server.gate import AcceptGate, listening_socket, refusal
+from tether.server.gate import AcceptGate, listening_socket, refusal, somaxconn
 
+from ..conftest import StartHub
 from ..support import T, eventually
 
 
@@ -149,3 +151,20 @@ def test_retry_after_is_the_refill_time_of_one_token() -> None:
     assert b"Retry-After: 1\r\n" in refusal(20.0)
     assert b"Retry-After: 4\r\n" in refusal(0.25)
     assert b"Retry-After: 60\r\n" in refusal(0)  # no refill: come back much later
+
+
+def listen_queue_length(port: int) -> int:
+    """The accept queue the kernel gave the socket listening on ``port`` (``ss``'s Send-Q)."""
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(out[2])
+
+
+async def test_a_hub_listens_with_a_backlog_sized_for_a_reconnect_storm(
+    start_hub: StartHub,
+) -> None:
+    server = await start_hub()  # the default listen_backlog
+    expected = min(HubConfig().listen_backlog, somaxconn() or HubConfig().listen_backlog)
+    assert expected >= 1024  # a fleet's reconnect queues instead of losing SYNs
+    assert listen_queue_length(server.port) == expected

@@ -64,10 +64,24 @@ _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _TRANSIENT = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.EHOSTUNREACH})
 
 
+def somaxconn() -> int | None:
+    """The kernel's cap on a listen backlog (Linux), or ``None`` where unknown."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
 def listening_socket(host: str, port: int, *, backlog: int) -> socket.socket:
-    """A non-blocking TCP socket bound to ``host:port`` (``port=0``: any free port)."""
+    """A non-blocking TCP socket bound to ``host:port`` (``port=0``: any free port),
+    its accept queue ``backlog`` long or as long as the kernel allows."""
     family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
-    sock = socket.create_server((host, port), family=family, backlog=backlog)
+    cap = somaxconn()
+    # The kernel silently truncates a larger backlog; cap it ourselves so it is visible.
+    sock = socket.create_server(
+        (host, port), family=family, backlog=backlog if cap is None else min(backlog, cap)
+    )
     sock.setblocking(False)
     return sock
 

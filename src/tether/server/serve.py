@@ -95,7 +95,7 @@ class GatedServer(EmbeddedServer):
             sock,
             create_protocol,
             admission=self._hub.admission,
-            per_turn=c.listen_backlog,
+            per_turn=c.accept_per_turn,
             on_refused=self._hub.count_refusal,
         )
         self.gate.open()
@@ -105,7 +105,7 @@ class GatedServer(EmbeddedServer):
                 internal,
                 create_protocol,
                 admission=self._hub.admission,
-                per_turn=c.listen_backlog,
+                per_turn=c.accept_per_turn,
                 charge=False,
             )
             self.internal_gate.open()

@@ -304,7 +304,12 @@ async def _tether_server() -> ServerParts:
         hub.publish_nowait(TOPIC, data)
 
     def info() -> dict[str, Any]:
-        return {"conns": hub.connection_count, "slow_consumers": hub.stats.slow_consumers}
+        return {
+            "conns": hub.connection_count,
+            "slow_consumers": hub.stats.slow_consumers,
+            "deliveries": hub.stats.deliveries,
+            "writes": hub.stats.delivery_writes,
+        }
 
     return ServerParts(server.port, publish, info, server)
 
@@ -870,6 +875,7 @@ class Step:
     reach: float = 0.0
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
+    p999_ms: float = float("nan")  # p99.9: with 1 frame in 10 sampled, >= 1,000 samples/step
     max_ms: float = float("nan")  # the largest latency sample
     server_cpu_us: float = float("nan")  # per delivery (nodes + Redis, with Redis)
     redis_cpu_us: float = float("nan")  # Redis CPU per publish
@@ -881,6 +887,8 @@ class Step:
     pub_rate: float = 0.0
     max_late_ms: float = 0.0
     max_burst: int = 0
+    #: Message frames per batched write to a subscriber (Tether only: the hub counts them).
+    frames_per_write: float = float("nan")
     lost: int = 0
     other_pct: float = 0.0  # CPU used by the rest of the machine during the window
     steal_pct: float = 0.0
@@ -962,6 +970,7 @@ def run_step(server: Target, lg: LoadGen, n: int, rate: int, cfg: Config) -> Ste
     samples = sorted(lg.samples)
     step.p50_ms = percentile(samples, 0.50) * 1000
     step.p99_ms = percentile(samples, 0.99) * 1000
+    step.p999_ms = percentile(samples, 0.999) * 1000
     step.max_ms = samples[-1] * 1000 if samples else float("nan")
     server_cpu = s1["cpu"] - s0["cpu"]
     span = s1["mono"] - s0["mono"]
@@ -971,6 +980,10 @@ def run_step(server: Target, lg: LoadGen, n: int, rate: int, cfg: Config) -> Ste
     step.pub_rate = published / span
     step.max_late_ms = s1["max_late"] * 1000
     step.max_burst = s1["max_burst"]
+    if "writes" in s1 and s1["writes"] > s0["writes"]:
+        step.frames_per_write = (s1["deliveries"] - s0["deliveries"]) / (
+            s1["writes"] - s0["writes"]
+        )
     step.lost = lg.lost - lost_before
     if "redis_cpu" in s1 and published:
         step.redis_cpu_us = (s1["redis_cpu"] - s0["redis_cpu"]) / published * 1e6
@@ -1020,6 +1033,7 @@ def fmt_step(s: Step) -> str:
     return (
         f"  {s.server:10} N={s.n:<5} {s.rate:>5}/s  {s.deliveries_per_s:>9,.0f} deliv/s  "
         f"reach {100 * s.reach:7.3f}%  p50 {s.p50_ms:7.1f} ms  p99 {s.p99_ms:7.1f} ms  "
+        f"p99.9 {s.p999_ms:7.1f} ms  max {s.max_ms:7.1f} ms  "
         f"srv {s.server_cpu_us:5.2f} us/deliv ({s.server_cpu_pct:3.0f}%)  "
         f"lg {s.loadgen_cpu_pct:3.0f}%  other {s.other_pct + s.steal_pct:3.0f}%  "
         f"pub {s.pub_rate:7.1f}/s  {s.verdict}"
@@ -1249,17 +1263,21 @@ def md_steps(title: str, steps: list[Step]) -> list[str]:
     out = [
         f"#### {title}",
         "",
-        "| server | N | msgs/s | deliveries/s | reach | p50 ms | p99 ms | server µs/delivery "
-        "| server CPU | load gen CPU | other load | publisher msgs/s | max burst | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server | N | msgs/s | deliveries/s | reach | p50 ms | p99 ms | p99.9 ms | max ms "
+        "| server µs/delivery | server CPU | load gen CPU | other load | publisher msgs/s "
+        "| max burst | frames/write | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in steps:
         out.append(
             f"| {s.server} | {s.n} | {s.rate} | {s.deliveries_per_s:,.0f} | "
-            f"{100 * s.reach:.3f}% | {s.p50_ms:.1f} | {s.p99_ms:.1f} | {s.server_cpu_us:.2f} | "
+            f"{100 * s.reach:.3f}% | {s.p50_ms:.1f} | {s.p99_ms:.1f} | {s.p999_ms:.1f} | "
+            f"{s.max_ms:.1f} | {s.server_cpu_us:.2f} | "
             f"{s.server_cpu_pct:.0f}% | {s.loadgen_cpu_pct:.0f}% | "
             f"{s.other_pct + s.steal_pct:.0f}% | {s.pub_rate:,.0f} | "
-            f"{s.max_burst} | {s.verdict} |"
+            f"{s.max_burst} | "
+            + ("—" if s.frames_per_write != s.frames_per_write else f"{s.frames_per_write:.2f}")
+            + f" | {s.verdict} |"
         )
     return [*out, ""]
 

@@ -357,3 +357,4 @@ class Fanout:
                 logger.exception("internal error delivering on %s", topic)
                 self._on_broken(link)
         self.stats.deliveries += len(frames) * len(subscribers)
+        self.stats.delivery_writes += len(subscribers)

@@ -26,6 +26,10 @@ COUNTERS = {
     "disconnections": ("tether_disconnections", "WebSocket sessions ended, for any reason"),
     "publishes": ("tether_publishes", "Messages published to topics"),
     "deliveries": ("tether_deliveries", "Live message deliveries to subscribers"),
+    "delivery_writes": (
+        "tether_delivery_writes",
+        "Batched writes of live messages to subscribers (deliveries / writes = frames per write)",
+    ),
     "replayed": ("tether_replayed", "Messages replayed to resuming subscribers"),
     "resumes_with_loss": ("tether_resumes_with_loss", "Resumes that reported a gap"),
     "heartbeat_timeouts": ("tether_heartbeat_timeouts", "Connections closed as silent (dead)"),

@@ -16,6 +16,9 @@ class HubStats:
     disconnections: int = 0
     publishes: int = 0
     deliveries: int = 0
+    #: Batched writes to subscribers: ``deliveries / delivery_writes`` is how many message
+    #: frames one write carries (above 1 when messages arrive faster than a loop turn).
+    delivery_writes: int = 0
     replayed: int = 0
     resumes_with_loss: int = 0
     heartbeat_timeouts: int = 0

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from . import logs
+from . import __version__, logs
 from .chaos import ChaosProxy
 from .client import Client, Delivery, State
 from .config import ClientConfig, HubConfig, add_arguments, from_env, markdown_table
@@ -147,13 +147,22 @@ def _gaps(missing: list[Gap]) -> list[dict[str, Any]]:
 
 async def _listen(args: argparse.Namespace) -> int:
     as_json: bool = args.json
+    stop = asyncio.Event()
 
     def err(event: dict[str, Any], text: str) -> None:
         line = json.dumps(event) if as_json else text
         print(line, file=sys.stderr, flush=True)
 
+    failed = False
+
     def on_state(old: State, new: State) -> None:
+        nonlocal failed
         err({"event": "state", "from": old.value, "to": new.value}, f"[state] {old} -> {new}")
+        if new is State.FAILED:
+            # Retries exhausted, or refused for good (a bad token): a run that cannot
+            # receive anything ends, non-zero, saying why (not only at --log-level info).
+            failed = True
+            stop.set()
 
     def on_reconnect() -> None:
         err({"event": "reconnect"}, "[reconnected]")
@@ -190,7 +199,6 @@ async def _listen(args: argparse.Namespace) -> int:
     )
     for topic in args.topic:
         await client.subscribe(topic, on_message)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -200,7 +208,13 @@ async def _listen(args: argparse.Namespace) -> int:
             await asyncio.wait_for(stop.wait(), args.duration)
     else:
         await stop.wait()
+    reason = client.metrics.last_error
     await client.close()
+    if failed:
+        print(
+            f"tether listen: gave up: {reason or 'the hub could not be reached'}", file=sys.stderr
+        )
+        return 1
     return 0
 
 
@@ -292,6 +306,7 @@ def config_doc() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
     parser.add_argument("--log-level", default="warning", help="default: warning")
     parser.add_argument(
         "--log-format",

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import tether
 from tether.chaos import ChaosProxy
 
 from ..processes import Proc, free_port, serve, spawn
@@ -147,3 +148,21 @@ async def test_listen_survives_cuts_stall_and_restart(procs: list[Proc], tmp_pat
         }
     ]
     assert sum(1 for e in events if e["event"] == "reconnect") >= 5
+
+
+async def test_a_listen_that_cannot_succeed_exits_non_zero_and_says_why(
+    procs: list[Proc],
+) -> None:
+    port = free_port()
+    server = await serve(port, "--jwt-secret", "s" * 32)  # every connection needs a token
+    procs.append(server)
+    listener = await spawn("listen", f"ws://127.0.0.1:{port}/ws", "--topic", "jobs")
+    procs.append(listener)
+    assert await listener.wait(timeout=60) == 1
+    assert any("gave up" in line and "invalid token" in line for line in listener.err), listener.err
+
+
+async def test_the_cli_names_its_version() -> None:
+    proc = await spawn("--version")
+    assert await proc.wait() == 0
+    assert proc.out == [f"tether {tether.__version__}"]

@@ -89,8 +89,10 @@ def create_app(hub: AppHost) -> Starlette:
         return _error(
             401,
             "unauthorized",
-            "POST /publish needs an API key (X-API-Key) or a token with publish rights "
-            "(start the hub with --insecure-dev to skip this in development)",
+            "POST /publish needs an API key (header X-API-Key, or Authorization: Bearer) or "
+            "a token with publish rights: start the hub with --api-keys KEY (TETHER_API_KEYS; "
+            "Hub(api_keys=...)) and publish with `tether publish --token KEY` (TETHER_TOKEN); "
+            "in development only, --insecure-dev (Hub(insecure_dev=True)) skips this",
         )
 
     async def websocket_endpoint(websocket: WebSocket) -> None:

@@ -1,4 +1,4 @@
-"""The ``tether`` command: serve, publish, listen, chaos, demo.
+"""The tether command: serve, publish, listen, chaos, demo, config-doc.
 
 Every hub/client option is a flag generated from :mod:`tether.config`, so the
 CLI, the keyword arguments and the ``TETHER_*`` variables never disagree.
@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chaos)
 
     p = sub.add_parser("demo", help="a live feed that survives cuts, stalls and restarts")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=int, default=8765, help="the dashboard's port (default: 8765)")
     p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
     p.add_argument("--terminal", action="store_true", help="a terminal client instead of the page")
     p.add_argument(

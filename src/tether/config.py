@@ -386,8 +386,9 @@ def markdown_table(cls: type[HubConfig | ClientConfig]) -> str:
     for field in dataclasses.fields(cls):
         default = field.default.value if isinstance(field.default, enum.Enum) else field.default
         unit = field.metadata["unit"]
+        shown = f"`{default}`" if default != "" else "*empty*"  # not a blank code span
         rows.append(
             f"| `{field.name}` | `{env_name(field.name)}` / `{flag_name(field.name)}` "
-            f"| `{default}`{' ' + unit if unit else ''} | {field.metadata['reason']} |"
+            f"| {shown}{' ' + unit if unit else ''} | {field.metadata['reason']} |"
         )
     return "\n".join(rows)

@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -33,6 +34,7 @@ from .protocol import Gap
 from .server import Hub
 from .server.app import STATIC, script_route
 from .server.broker import MemoryBroker
+from .server.metrics import make_registry, render
 from .server.serve import EmbeddedServer, HubServer
 
 TOPICS = ("odds", "scrape", "metrics")
@@ -172,6 +174,13 @@ def create_demo_app(backend: DemoBackend) -> Starlette:
     async def stats(request: Request) -> Response:
         return JSONResponse({"heads": backend.heads, "up": backend.hub is not None})
 
+    async def metrics(request: Request) -> Response:
+        # The dashboard's origin serves the hub's metrics too (the hub itself sits behind
+        # the chaos proxy on a random port, and is replaced on every restart).
+        if backend.hub is None:
+            return JSONResponse({"code": "restarting", "message": "the hub is restarting"}, 503)
+        return Response(render(make_registry(backend.hub)), media_type=CONTENT_TYPE_LATEST)
+
     async def chaos(request: Request) -> Response:
         action = request.path_params["action"]
         if action == "cut":
@@ -189,6 +198,7 @@ def create_demo_app(backend: DemoBackend) -> Starlette:
             Route("/", index),
             Route("/demo/config", config),
             Route("/demo/stats", stats),
+            Route("/metrics", metrics),
             Route("/demo/chaos/{action}", chaos, methods=["POST"]),
             script_route(),
         ]
@@ -225,6 +235,7 @@ async def run_demo(
                 return 1
             await asyncio.sleep(0.05)
         print(f"tether demo: open http://127.0.0.1:{port}/  (Ctrl-C to stop)", flush=True)
+        print(f"metrics (Prometheus): http://127.0.0.1:{port}/metrics", flush=True)
         print(
             "note: the demo hub runs with insecure_dev (no credentials for POST /publish) and "
             "no JWT; see docs/security.md for a secure setup",

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from playwright.async_api import Browser, Page
@@ -138,3 +139,13 @@ async def test_every_chaos_control_ends_with_zero_gaps(
     assert metrics["messagesRecovered"] > 0
     assert errors == []
     await page.close()
+
+
+async def test_the_demo_serves_the_hubs_metrics_at_the_printed_url(
+    demo: tuple[DemoBackend, str],
+) -> None:
+    _backend, url = demo
+    async with httpx.AsyncClient() as http:
+        reply = await http.get(url + "metrics")
+    assert reply.status_code == 200
+    assert "tether_connections" in reply.text and "tether_publishes_total" in reply.text

@@ -84,3 +84,25 @@ async def test_offline_drops_at_once_and_online_reconnects_at_once(
 
     await until(got, what="delivery after coming back")
     await context.close()
+
+
+async def test_saved_cursors_stay_bounded_when_the_hub_url_changes_every_run(
+    browser: Browser, hub_server: HubServer
+) -> None:
+    """A dev server on a new port per run must not grow sessionStorage without bound."""
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.goto(hub_server.http_url + "/healthz")
+    kept = await page.evaluate(
+        """async () => {
+            const { TetherClient } = await import('/tether.js');
+            for (let port = 9000; port < 9012; port++) {  // twelve runs, twelve URLs
+                const client = new TetherClient(`ws://127.0.0.1:${port}/ws`);
+                client._delivered.set('t', { epoch: 'e', offset: port });
+                client._saveCursors();  // what pagehide does
+            }
+            return Object.keys(sessionStorage).filter((k) => k.startsWith('tether:cursors:'));
+        }"""
+    )
+    assert sorted(kept) == [f"tether:cursors:ws://127.0.0.1:{p}/ws" for p in range(9004, 9012)]
+    await context.close()

@@ -633,6 +633,11 @@ export function parseCloseHint(reason) {
 
 const now = () => performance.now() / 1000;
 const CURSOR_KEY = (url) => `tether:cursors:${url}`;
+// The hub URLs whose cursors a tab keeps, most recently saved last. A page that talks to
+// a new URL each time (a dev server on a random port) would otherwise add an entry per
+// run; 8 covers every hub one dashboard plausibly uses at once.
+const CURSOR_INDEX = "tether:cursors";
+const MAX_CURSOR_SETS = 8;
 // Deliveries wait here, in order, while an async handler runs. Browsers offer no read
 // backpressure on a WebSocket, so this is a hard bound instead: past it the connection is
 // dropped and resumed from the cursor (the hub replays; nothing is lost). Same size as
@@ -1242,9 +1247,23 @@ export class TetherClient extends EventTarget {
     for (const [topic, cursor] of this._delivered) out[topic] = cursor;
     try {
       this._storage.setItem(CURSOR_KEY(this.url), JSON.stringify(out));
+      this._indexCursors();
     } catch (err) {
       this._log("warn", "could not persist cursors", err);
     }
+  }
+
+  _indexCursors() {
+    let urls = [];
+    try {
+      const parsed = JSON.parse(this._storage.getItem(CURSOR_INDEX) || "[]");
+      if (Array.isArray(parsed)) urls = parsed.filter((u) => typeof u === "string");
+    } catch {
+      urls = [];
+    }
+    urls = [...urls.filter((u) => u !== this.url), this.url];
+    while (urls.length > MAX_CURSOR_SETS) this._storage.removeItem(CURSOR_KEY(urls.shift()));
+    this._storage.setItem(CURSOR_INDEX, JSON.stringify(urls));
   }
 
   // --- debug ----------------------------------------------------------------------------------

@@ -72,6 +72,9 @@ async def test_s01_first_connect(page: Page, hub_server: HubServer) -> None:
     rec = await client.rec()
     assert [s[1] for s in rec["states"]] == ["connecting", "connected"]
     assert rec["reconnects"] == 0
+    m = await client.metrics()
+    # A first connect is not a reconnect: no attempt is counted against the backoff.
+    assert (m["reconnectAttempts"], m["totalReconnects"]) == (0, 0)
 
 
 async def test_s02_cut_resume(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:

@@ -32,7 +32,10 @@ async def test_s01_first_connect(hub_server: HubServer) -> None:
     await rec.subscribed("t")
     assert rec.state_sequence() == [State.CONNECTING, State.CONNECTED]
     assert rec.reconnects == 0
-    assert rec.client.metrics.successful_connects == 1
+    m = rec.client.metrics
+    assert m.successful_connects == 1
+    # A first connect is not a reconnect: no attempt is counted against the backoff.
+    assert (m.reconnect_attempts, m.total_reconnects) == (0, 0)
     await rec.close()
     assert rec.state_sequence()[-1] is State.CLOSED
 

@@ -612,6 +612,10 @@ class Client:
         self._successful_connects += 1
         if reconnect:
             self._total_reconnects += 1
+        else:
+            # The first connection is not a reconnect: nothing to back off from yet (the
+            # stable-period rule guards reconnects to a hub that accepts, then crashes).
+            self._attempts = 0
         if self.state is State.CLOSED:
             await ws.close(CloseCode.NORMAL, "client closed")
             return None

@@ -985,6 +985,9 @@ export class TetherClient extends EventTarget {
     this._connectedAt = now();
     this._m.successfulConnects += 1;
     if (reconnect) this._m.totalReconnects += 1;
+    // The first connection is not a reconnect: nothing to back off from yet (the
+    // stable-period rule guards reconnects to a hub that accepts, then crashes).
+    else this._attempts = 0;
     this._machine.fire(Trigger.OPENED);
     const frames = this._session.connectionOpened(now());
     for (const item of this._session.refused.splice(0)) {

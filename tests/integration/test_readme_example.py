@@ -44,6 +44,9 @@ async def test_fastapi_example_publishes_to_subscribers(monkeypatch: pytest.Monk
         assert reply.json() == {"offset": 1}
         await eventually(lambda: len(rec.deliveries) == 1, what="order delivered")
         assert rec.deliveries[0].data == {"sku": "tea", "qty": 2}
+        # The README's Python client sends "orders.create": the example's handler answers.
+        assert await rec.client.send("orders.create", {"sku": "tea"}) == {"offset": 2}
+        await eventually(lambda: len(rec.deliveries) == 2, what="handled order delivered")
         await rec.close()
     finally:
         await server.stop()

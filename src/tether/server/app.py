@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgspec
@@ -34,17 +34,25 @@ from .ports import AppHost
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-def script_route() -> Route:
-    """``GET /<name>.js`` for the browser modules in :data:`STATIC`."""
+def script_route(cors: Callable[[str | None, str | None], bool] | None = None) -> Route:
+    """``GET /<name>.js`` for the browser modules in :data:`STATIC`.
+
+    ``cors(origin, host)``: whether a page on ``origin`` may import them from another
+    origin (module scripts need CORS); the hub passes its ``allowed_origins`` check, so
+    a page allowed to open the WebSocket may also load the client.
+    """
     scripts = {path.stem: path for path in STATIC.glob("*.js")}
 
     async def script(request: Request) -> Response:
         path = scripts.get(request.path_params["name"])
         if path is None:
             return _error(404, "not_found", "no such script")
-        return FileResponse(
-            path, media_type="text/javascript", headers={"Cache-Control": "no-cache"}
-        )
+        headers = {"Cache-Control": "no-cache"}
+        origin = request.headers.get("origin")
+        if origin is not None and cors is not None and cors(origin, request.headers.get("host")):
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Vary"] = "Origin"
+        return FileResponse(path, media_type="text/javascript", headers=headers)
 
     return Route("/{name}.js", script, methods=["GET"])
 
@@ -194,6 +202,10 @@ def create_app(hub: AppHost) -> Starlette:
             status_code=503 if hub.closing else 200,
         )
 
+    async def index(request: Request) -> Response:
+        # The README's page: the browser client live on this hub, nothing to set up.
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
     async def readyz(request: Request) -> Response:
         # Ready = can serve and publish: a load balancer stops sending new clients to a
         # node that is shutting down or has lost its Redis (connected ones stay).
@@ -220,8 +232,9 @@ def create_app(hub: AppHost) -> Starlette:
             Route("/publish", publish, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/", index, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-            script_route(),
+            script_route(cors=hub.origin_allowed),
         ],
         lifespan=lifespan,
     )

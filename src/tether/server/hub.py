@@ -250,6 +250,10 @@ class Hub:
             return bool(self.authorize(identity, topic, action))
         return identity.allows(action, topic)
 
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        """Whether a page on ``origin`` may connect (``allowed_origins``, docs/security.md)."""
+        return self.admission.origin_allowed(origin, host)
+
     def count_refusal(self) -> None:
         """A connection refused before it reached :meth:`handshake` (the accept gate's 429)."""
         self.stats.handshakes_refused += 1

@@ -48,6 +48,8 @@ test: lint typecheck sysdeps $(JSDEPS)
 bench: $(STAMP)
 	$(PY) benchmarks/fanout.py
 	$(PY) benchmarks/topics.py
+	$(PY) benchmarks/storm.py
+	$(PY) benchmarks/http_publish.py
 
 clean:
 	rm -rf $(VENV) tests/browser/js/node_modules build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -96,11 +96,11 @@ class TetherWSProtocol(WebSocketsSansIOProtocol):
             super().shutdown()
             return
         self.stop_keepalive()
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": CloseCode.SERVICE_RESTART})
-        self.conn.send_close(CloseCode.SERVICE_RESTART, link.shutdown_reason())
-        self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self.transport.close()
+        # A closing handshake, not a slammed door: closing the transport right after the
+        # 1012 made every client's close reply hit a closed socket (a TCP reset, which can
+        # discard the 1012 and its retry hint). The transport closes when the reply comes,
+        # or after close_timeout; uvicorn waits for that within its graceful timeout.
+        link.close(CloseCode.SERVICE_RESTART, link.shutdown_reason())
 
 
 class _Inert:

@@ -58,9 +58,20 @@ async def _serve(args: argparse.Namespace) -> int:
     from .server import Hub
     from .server.serve import HubServer
 
-    hub = Hub(config=from_env(HubConfig, **_options(args, HubConfig)))
+    try:
+        hub = Hub(config=from_env(HubConfig, **_options(args, HubConfig)))
+    except ValueError as exc:  # a bad option value: say which, no traceback
+        print(f"tether serve: {exc}", file=sys.stderr)
+        return 2
     server = HubServer(hub, log_level=args.log_level)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:  # e.g. the port is taken
+        print(
+            f"tether serve: cannot listen on {hub.config.host}:{hub.config.port}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     print(f"tether hub on {server.url}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

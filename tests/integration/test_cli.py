@@ -166,3 +166,17 @@ async def test_the_cli_names_its_version() -> None:
     proc = await spawn("--version")
     assert await proc.wait() == 0
     assert proc.out == [f"tether {tether.__version__}"]
+
+
+async def test_serve_with_a_bad_option_says_which_in_one_line() -> None:
+    proc = await spawn("serve", "--port", "0", "--trusted-proxies", "nope")
+    assert await proc.wait() == 2
+    assert proc.err == ["tether serve: trusted_proxies: 'nope' is not an address or network"]
+
+
+async def test_serve_on_a_taken_port_exits_non_zero_saying_so(procs: list[Proc]) -> None:
+    port = free_port()
+    procs.append(await serve(port))
+    second = await spawn("serve", "--port", str(port))
+    assert await second.wait() == 1
+    assert any(f"cannot listen on 127.0.0.1:{port}" in line for line in second.err), second.err

@@ -853,7 +853,16 @@ class Hub:
         for task in list(self._repairs):
             task.cancel()
         if self._owns_broker:
-            await self.broker.aclose()
+            try:
+                # Bounded: a broker that does not let go must not keep the process alive.
+                async with asyncio.timeout(self.config.shutdown_timeout):
+                    await self.broker.aclose()
+            except TimeoutError:
+                self.stats.internal_errors += 1
+                logger.error(
+                    "the broker did not close within %.1fs; exiting anyway",
+                    self.config.shutdown_timeout,
+                )
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

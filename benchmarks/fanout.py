@@ -495,14 +495,17 @@ async def server_main(
 class ServerProc:
     """A server subprocess pinned to CPU 0, driven line by line over its stdin/stdout."""
 
-    def __init__(self, kind: str, argv: Sequence[str] | None = None) -> None:
-        """``kind`` names it in the report; ``argv`` (the ``--role ...`` arguments) defaults
-        to the role of ``kind``: ``tether`` or ``websockets``."""
+    def __init__(
+        self, kind: str, argv: Sequence[str] | None = None, *, script: str = __file__
+    ) -> None:
+        """``kind`` names it in the report; ``argv`` (the ``--role ...`` arguments of
+        ``script``, this file by default) defaults to the role of ``kind``: ``tether`` or
+        ``websockets``."""
         self.kind = kind
         if argv is None:
             argv = ["--role", "tether-server" if kind == "tether" else "ws-server"]
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), *argv],
+            [sys.executable, os.path.abspath(script), *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

@@ -29,14 +29,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import platform
-import select
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,6 +45,7 @@ from fanout import (
     OTHER_MAX,
     SERVER_CPU,
     OtherLoad,
+    ServerProc,
     cpu_model,
     free_port,
     percentile,
@@ -120,58 +118,11 @@ async def server_main(internal_port: int) -> None:
     await server.stop()
 
 
-class ServerProc:
-    """The hub subprocess, pinned to CPU 0, driven line by line over its stdin/stdout."""
-
-    def __init__(self) -> None:
-        self.internal_port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--role",
-                "server",
-                "--internal-port",
-                str(self.internal_port),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.pid = self.proc.pid
-        try:
-            hello = self._read(timeout=30)
-        except BaseException:
-            self.stop()
-            raise
-        self.port: int = hello["port"]
-
-    def _read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError(f"the hub did not answer in {timeout} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the hub exited (rc={self.proc.poll()})")
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    def cmd(self, line: str, timeout: float = 60.0) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        return self._read(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError, TimeoutError, RuntimeError, ValueError):
-                self.cmd("quit", timeout=5)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+def start_hub() -> tuple[ServerProc, int]:
+    """The hub subprocess (pinned to CPU 0, driven over stdin/stdout) and its internal port."""
+    internal_port = free_port()
+    argv = ["--role", "server", "--internal-port", str(internal_port)]
+    return ServerProc("hub", argv, script=__file__), internal_port
 
 
 # --- the load generator (this process, CPU 1) -----------------------------------------------
@@ -480,9 +431,9 @@ def main() -> None:
     if args.m:
         cfg = Config(m=args.m)
     started = time.monotonic()
-    server = ServerProc()
+    server, internal_port = start_hub()
     try:
-        log(f"hub pid {server.pid}: public port {server.port}, internal {server.internal_port}")
+        log(f"hub pid {server.pid}: public port {server.port}, internal {internal_port}")
         inproc_row = inproc(server, cfg.m)
         keep = http_row(
             "`POST /publish`, one kept-alive connection (public port)",
@@ -494,7 +445,7 @@ def main() -> None:
         fresh = http_row(
             "`POST /publish`, fresh connection per request (internal port)",
             server,
-            server.internal_port,
+            internal_port,
             cfg.m,
             keep_alive=False,
         )

@@ -32,6 +32,7 @@ from .server.broker import new_epoch
 from .server.redis_scripts import (
     CONNECTION_ERRORS,
     Topics,
+    check_topic_options,
     command_client,
     redact_url,
     unavailable,
@@ -61,12 +62,14 @@ class Publisher:
         max_frame_bytes: int = _DEFAULTS.max_frame_bytes,
         max_payload_depth: int = _DEFAULTS.max_payload_depth,
     ) -> None:
-        if not redis_url:
-            raise ValueError("Publisher needs a redis:// (or rediss://, unix://) URL")
-        if history_size < 0 or history_ttl < 0:
-            raise ValueError("history bounds must be >= 0")
-        if topic_ttl <= 0 or timeout <= 0:
-            raise ValueError("topic_ttl and timeout must be > 0")
+        check_topic_options(
+            "Publisher",
+            redis_url,
+            history_size=history_size,
+            history_ttl=history_ttl,
+            topic_ttl=topic_ttl,
+            timeout=timeout,
+        )
         self.redis_url = redis_url
         self.history_size = history_size
         self.history_ttl = history_ttl

@@ -32,7 +32,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,7 +190,8 @@ class Hub:
             stats=self.stats,
         )
         broker.bind(self.fanout)
-        self._repairs: set[asyncio.Task[None]] = set()
+        #: Repairs of the feed and a lazy broker start: cancelled by :meth:`aclose`.
+        self._background: set[asyncio.Task[None]] = set()
         self._started = False
         self._links: dict[Link, _LinkState] = {}
         self._flush_handle: asyncio.Handle | None = None
@@ -403,9 +404,12 @@ class Hub:
 
     def _request_repair(self, topic: str, after: Cursor) -> None:
         """The feed skipped an entry of ``topic`` (or may have): read history after ``after``."""
-        task = asyncio.get_running_loop().create_task(self._repair(topic, after))
-        self._repairs.add(task)
-        task.add_done_callback(self._repairs.discard)
+        self._in_background(self._repair(topic, after))
+
+    def _in_background(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _repair(self, topic: str, after: Cursor) -> None:
         delay = REPAIR_RETRY_MIN
@@ -443,7 +447,7 @@ class Hub:
         except TooManyTopics as exc:
             self._join_refused(link, topic, exc.code, exc.message)
             return
-        self._joined(link, topic, self.fanout.joined(link, topic, replay) or 0, replay)
+        self._count_join(self.fanout.joined(link, topic, replay) or 0, replay)
 
     async def _subscribe(self, link: Link, topic: str, resume: Cursor | None) -> None:
         """Subscribe through a broker that must be awaited (Redis): join, read, merge."""
@@ -456,14 +460,14 @@ class Hub:
                 return
             sent = self.fanout.joined(link, topic, replay)
             if sent is not None:
-                self._joined(link, topic, sent, replay)
+                self._count_join(sent, replay)
                 return
         # Joiners keep racing ahead of this one's reads (can't happen twice in a row
         # unless publishing outruns Redis reads): shed it; it resumes after the hint.
         self.fanout.join_failed(link, topic)
         self._cut(link, CloseCode.TRY_AGAIN_LATER, self.retry_reason(), abort_after=None)
 
-    def _joined(self, link: Link, topic: str, sent: int, replay: Replay) -> None:
+    def _count_join(self, sent: int, replay: Replay) -> None:
         self.stats.replayed += max(0, sent)
         if replay.missing:
             self.stats.resumes_with_loss += 1
@@ -507,9 +511,7 @@ class Hub:
         if not self._started:
             # Mounted without the hub's lifespan: connect the broker now. Its reads wait
             # for the connection themselves, so this link is served meanwhile.
-            task = asyncio.get_running_loop().create_task(self.start())
-            self._repairs.add(task)
-            task.add_done_callback(self._repairs.discard)
+            self._in_background(self.start())
 
     def detach(self, link: Link) -> None:
         """Forget ``link``: its subscriptions and queued (not yet started) client messages.
@@ -850,7 +852,7 @@ class Hub:
     async def aclose(self) -> None:
         """Stop background tasks (after :meth:`close_all`)."""
         self.closing = True
-        for task in list(self._repairs):
+        for task in list(self._background):
             task.cancel()
         if self._owns_broker:
             try:

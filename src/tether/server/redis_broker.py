@@ -96,6 +96,7 @@ from .redis_scripts import (
     CONNECTION_ERRORS,
     Topics,
     check_prefix,
+    check_topic_options,
     command_client,
     describe,
     feed_connection_factory,
@@ -199,12 +200,16 @@ class RedisBroker:
         dedup_window: int = _DEFAULTS.dedup_window,
         dedup_ttl: float = _DEFAULTS.dedup_ttl,
     ) -> None:
-        if not url:
-            raise ValueError("RedisBroker needs a redis:// (or rediss://, unix://) URL")
-        if history_size < 0 or history_ttl < 0:
-            raise ValueError("history bounds must be >= 0")
-        if topic_ttl <= 0 or timeout <= 0 or probe_interval <= 0 or dedup_ttl <= 0:
-            raise ValueError("topic_ttl, timeout, probe_interval and dedup_ttl must be > 0")
+        check_topic_options(
+            "RedisBroker",
+            url,
+            history_size=history_size,
+            history_ttl=history_ttl,
+            topic_ttl=topic_ttl,
+            timeout=timeout,
+        )
+        if probe_interval <= 0 or dedup_ttl <= 0:
+            raise ValueError("probe_interval and dedup_ttl must be > 0")
         if dedup_window < 1:
             raise ValueError("dedup_window must be >= 1")
         self.url = url

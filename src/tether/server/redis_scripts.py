@@ -130,6 +130,18 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def check_topic_options(
+    who: str, url: str, *, history_size: int, history_ttl: float, topic_ttl: float, timeout: float
+) -> None:
+    """The options every writer of a topic (hub node or Publisher) must get right."""
+    if not url:
+        raise ValueError(f"{who} needs a redis:// (or rediss://, unix://) URL")
+    if history_size < 0 or history_ttl < 0:
+        raise ValueError("history bounds must be >= 0")
+    if topic_ttl <= 0 or timeout <= 0:
+        raise ValueError("topic_ttl and timeout must be > 0")
+
+
 def connection_options(*, timeout: float, name: str) -> dict[str, Any]:
     """redis-py options for every Tether connection."""
     return {

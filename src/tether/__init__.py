@@ -18,6 +18,7 @@ from .errors import (
     NackError,
     OutboxFull,
     Reject,
+    SubscribeRefused,
     TetherError,
 )
 from .payload import InvalidPayload
@@ -51,6 +52,7 @@ __all__ = [
     "RedisBroker",
     "Reject",
     "State",
+    "SubscribeRefused",
     "TetherError",
     "TooManyTopics",
 ]

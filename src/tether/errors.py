@@ -103,6 +103,16 @@ class NackError(TetherError):
         self.id = id
 
 
+class SubscribeRefused(TetherError):
+    """The hub refused a subscription (an ``error`` naming the topic in ``ref``)."""
+
+    def __init__(self, topic: str, code: str, message: str) -> None:
+        super().__init__(f"{topic}: {code}: {message}")
+        self.topic = topic
+        self.code = code
+        self.message = message
+
+
 class OutboxFull(TetherError):
     """The client's outbox is full and its policy is ``reject-new``."""
 

@@ -71,3 +71,29 @@ async def test_token_refreshed_in_place_and_bad_token_does_not_loop(
     await asyncio.sleep(10 * T)
     assert server.hub.stats.auth_failures == failures + 1
     await page.close()
+
+
+async def test_a_forbidden_subscribe_is_reported_and_not_retried_on_reconnect(
+    browser: Browser, start_hub: StartHub
+) -> None:
+    server = await start_hub(jwt_secret=SECRET, insecure_dev=False, jwt_leeway=0)
+    page = await browser.new_page()
+    await page.goto(server.http_url + "/healthz")
+    client = BrowserClient(page)
+    await client.start(server.url, **{**SCALED, "token": make_token(ttl=300)})
+    await client.subscribe("t")
+    await client.subscribe("projects.99.tasks")
+
+    async def refused() -> bool:
+        return (await client.rec())["errors"] == ["forbidden"] and await client.is_live("t")
+
+    await until(refused, what="the refusal reported to onError, 't' live")
+    assert server.hub.stats.forbidden == 1
+    await page.evaluate("() => window.client.disconnect()")
+
+    async def restored() -> bool:
+        return (await client.rec())["reconnects"] == 1 and await client.is_live("t")
+
+    await until(restored, what="'t' restored after a drop")
+    assert server.hub.stats.forbidden == 1  # the refused topic was not asked for again
+    await page.close()

@@ -11,6 +11,7 @@ from tether.client.session import (
     Resync,
     ServerError,
     SubscriptionConfirmed,
+    SubscriptionRefused,
     Welcomed,
 )
 from tether.config import OutboxPolicy
@@ -18,6 +19,7 @@ from tether.outbox import Outbox
 from tether.protocol import (
     Ack,
     Cursor,
+    Error,
     Gap,
     Limits,
     Message,
@@ -265,3 +267,30 @@ def test_invalid_utf8_outside_a_message_is_an_error_event_not_an_exception() -> 
     events, replies = s.receive(b'{"type":"error","code":"x","message":"\xff"}', now=0)
     assert [type(e) for e in events] == [ServerError]
     assert replies == []
+
+
+def error(code: str, *, ref: str | None = "t", retry_after_ms: int | None = None) -> bytes:
+    return encode(Error(code=code, message="no", ref=ref, retry_after_ms=retry_after_ms))
+
+
+def test_a_final_error_naming_a_topic_drops_it_so_reconnects_do_not_resubscribe() -> None:
+    s = session()
+    events, _ = s.receive(error("forbidden"), now=1)
+    assert events == [SubscriptionRefused("t", "forbidden", "no")]
+    s.connection_lost()
+    assert s.connection_opened(now=2) == []  # nothing to restore
+    assert s.cursor("t") is None
+
+
+def test_a_retryable_error_naming_a_topic_keeps_it_and_resends_the_subscribe() -> None:
+    s = session()
+    events, _ = s.receive(error("rate_limited", retry_after_ms=100), now=1)
+    assert events == []
+    frames = s.due(now=2)[0]
+    assert len(frames) == 1 and b'"subscribe"' in frames[0]
+
+
+def test_an_error_naming_no_tracked_topic_is_a_server_error() -> None:
+    s = session()
+    events, _ = s.receive(error("forbidden", ref="other"), now=1)
+    assert events == [ServerError("forbidden", "no", "other")]

@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from tether import State
+from tether import State, SubscribeRefused
 from tether.server.serve import HubServer
 
 from ..conftest import StartHub
@@ -62,4 +62,39 @@ async def test_token_source_recovers_from_a_bad_token(secure: HubServer) -> None
     await rec.subscribed("t")
     assert secure.hub.stats.auth_failures == 1
     assert rec.client.state is State.CONNECTED
+    await rec.close()
+
+
+async def test_a_forbidden_subscribe_raises_and_is_not_retried_on_reconnect(
+    secure: HubServer,
+) -> None:
+    errors: list[tuple[str, str]] = []
+    rec = Recorder(
+        secure.url, get_token=make_token, on_error=lambda code, msg: errors.append((code, msg))
+    )
+    await rec.subscribed("t")
+    with pytest.raises(SubscribeRefused) as refused:
+        await rec.client.subscribe("projects.99.tasks", rec.on_message)
+    assert (refused.value.topic, refused.value.code) == ("projects.99.tasks", "forbidden")
+    assert secure.hub.stats.forbidden == 1
+    assert errors == []  # the caller got the exception: on_error is for refusals nobody awaits
+    # Reconnect: "t" is restored, the refused topic is not asked for again.
+    rec.client.disconnect()
+    await eventually(lambda: rec.reconnects == 1 and rec.client.is_live("t"), what="restored")
+    await rec.client.subscribe("t", rec.on_message)  # an allowed subscribe returns normally
+    assert secure.hub.stats.forbidden == 1
+    await rec.close()
+
+
+async def test_a_forbidden_subscription_made_offline_is_reported_to_on_error(
+    secure: HubServer,
+) -> None:
+    errors: list[tuple[str, str]] = []
+    rec = Recorder(
+        secure.url, get_token=make_token, on_error=lambda code, msg: errors.append((code, msg))
+    )
+    await rec.client.subscribe("projects.99.tasks", rec.on_message)  # offline: returns at once
+    await rec.subscribed("t")
+    await eventually(lambda: errors != [], what="the refusal reported")
+    assert errors[0][0] == "forbidden" and errors[0][1].startswith("projects.99.tasks: ")
     await rec.close()

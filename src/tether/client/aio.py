@@ -34,6 +34,7 @@ from ..errors import (
     MessageExpired,
     MessageTooBig,
     NackError,
+    SubscribeRefused,
     TetherError,
 )
 from ..outbox import Outbox, OutboxItem
@@ -46,6 +47,7 @@ from .session import (
     Resync,
     ServerError,
     SubscriptionConfirmed,
+    SubscriptionRefused,
     Welcomed,
 )
 from .state import State, StateMachine, Trigger
@@ -203,6 +205,8 @@ class Client:
         )
         self._handlers: dict[str, MessageHandler] = {}
         self._delivered: dict[str, Cursor] = {}
+        #: ``subscribe`` calls waiting for the hub's answer on the current connection.
+        self._confirming: dict[str, list[asyncio.Future[None]]] = {}
         self._inbox: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=INBOX_SIZE)
         self._dispatcher: asyncio.Task[None] | None = None
         self._error_callbacks: set[asyncio.Future[None]] = set()
@@ -314,13 +318,22 @@ class Client:
         """Receive ``topic``'s messages in order, exactly once, in ``handler``.
 
         ``resume`` starts from a cursor saved earlier (see :meth:`cursor`); without it
-        the subscription starts live.
+        the subscription starts live. On a live connection this returns once the hub
+        has confirmed the subscription, and raises :class:`SubscribeRefused` (``code``
+        ``forbidden``, ``too_many_subscriptions``…) if it refused it; offline it returns
+        at once, the subscription is made on connect, and a refusal then goes to
+        ``on_error``. A refused topic is dropped: it is not re-subscribed on reconnect.
         """
         self._handlers[topic] = handler
         frame = self._session.subscribe(topic, resume=resume)
-        if frame is not None:
-            self._session.pace([frame])
-            await self._pump()
+        if frame is None:
+            return
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirming.setdefault(topic, []).append(answer)
+        self._session.pace([frame])
+        await self._pump()
+        # A dropped connection settles it too: the subscription is restored on reconnect.
+        await answer
 
     async def unsubscribe(self, topic: str) -> None:
         self._handlers.pop(topic, None)
@@ -396,6 +409,11 @@ class Client:
             self._pump_timer.cancel()
         for item in self._session.outbox.clear():
             self._fail(item, ClientClosed("client closed before the hub acknowledged"))
+        for answers in self._confirming.values():
+            for answer in answers:
+                if not answer.done():
+                    answer.set_exception(ClientClosed("client closed before the hub answered"))
+        self._confirming.clear()
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -640,6 +658,8 @@ class Client:
                     self._session.repace = False
                     await self._pump(ws)
                 for event in events:
+                    if isinstance(event, SubscriptionConfirmed):
+                        self._settle_subscribe(event.topic, None)
                     if isinstance(event, Delivery | Resync | SubscriptionConfirmed):
                         await self._inbox.put(event)  # waits when full: backpressure
                     else:
@@ -655,6 +675,8 @@ class Client:
             refresher.cancel()
             self._ws = None
             self._session.connection_lost()
+            for topic in list(self._confirming):
+                self._settle_subscribe(topic, None)
         return self._after_close(ws)
 
     def _after_close(self, ws: ClientConnection) -> float | None:
@@ -790,9 +812,28 @@ class Client:
                 else:
                     future.set_exception(NackError(event.code, event.message, id=event.item.id))
             self._schedule_expiry()
+        elif isinstance(event, SubscriptionRefused):
+            logger.warning("hub refused %s: %s %s", event.topic, event.code, event.message)
+            self._handlers.pop(event.topic, None)
+            self._delivered.pop(event.topic, None)
+            waiting = bool(self._confirming.get(event.topic))
+            self._settle_subscribe(
+                event.topic, SubscribeRefused(event.topic, event.code, event.message)
+            )
+            if not waiting:  # nobody awaits it (made at connect, or revoked): tell the app
+                self._report_error(event.code, f"{event.topic}: {event.message}")
         elif isinstance(event, ServerError):
             logger.warning("hub error %s: %s (ref=%s)", event.code, event.message, event.ref)
             self._report_error(event.code, event.message)
+
+    def _settle_subscribe(self, topic: str, error: SubscribeRefused | None) -> None:
+        for answer in self._confirming.pop(topic, ()):
+            if answer.done():
+                continue
+            if error is None:
+                answer.set_result(None)
+            else:
+                answer.set_exception(error)
 
     # --- supervision --------------------------------------------------------------------
 

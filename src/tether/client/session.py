@@ -117,7 +117,27 @@ class SubscriptionConfirmed:
     cursor: Cursor | None = None
 
 
-Event = Delivery | Resync | Resolved | Welcomed | ServerError | SubscriptionConfirmed
+@dataclass(frozen=True, slots=True)
+class SubscriptionRefused:
+    """The hub holds no subscription to ``topic`` (a final ``error`` naming it in ``ref``).
+
+    The session has dropped the topic: it is not re-subscribed on reconnect.
+    """
+
+    topic: str
+    code: str
+    message: str
+
+
+Event = (
+    Delivery
+    | Resync
+    | Resolved
+    | Welcomed
+    | ServerError
+    | SubscriptionConfirmed
+    | SubscriptionRefused
+)
 
 
 @dataclass(slots=True)
@@ -401,6 +421,12 @@ class ClientSession:
             self._next_ping = now + self.heartbeat_interval
             self.counters.last_heartbeat = now
             return [Welcomed(frame)], []
+        if isinstance(frame, Error) and frame.ref is not None and frame.ref in self._subs:
+            # Final (retryable codes were handled above): forbidden, too many subscriptions,
+            # a topic no longer allowed after a token refresh. Re-subscribing on every
+            # reconnect would only be refused again.
+            del self._subs[frame.ref]
+            return [SubscriptionRefused(frame.ref, frame.code, frame.message)], []
         if isinstance(frame, Error):
             return [ServerError(frame.code, frame.message, frame.ref)], []
         if isinstance(frame, Unsubscribed):

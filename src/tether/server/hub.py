@@ -69,6 +69,7 @@ from .links import Batch, Link
 from .messages import RETRY_LATER_MS, ClientMessages, Handler
 from .session import (
     Command,
+    CountForbidden,
     CountUndeliverable,
     DoAuth,
     DoSend,
@@ -562,6 +563,8 @@ class Hub:
                 link.send_frames([command.frame])
             elif isinstance(command, CountUndeliverable):
                 self._count_undeliverable(link, command)
+            elif isinstance(command, CountForbidden):
+                self.stats.forbidden += 1
             elif state is None:
                 if isinstance(command, Reply):
                     link.send_frames([command.frame])

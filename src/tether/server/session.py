@@ -73,7 +73,14 @@ class CountUndeliverable:
     report: Undeliverable
 
 
-Command = Reply | DoSubscribe | DoUnsubscribe | DoSend | DoAuth | CountUndeliverable
+@dataclass(frozen=True, slots=True)
+class CountForbidden:
+    """A request the identity may not make (``tether_forbidden_total``); its reply follows."""
+
+
+Command = (
+    Reply | DoSubscribe | DoUnsubscribe | DoSend | DoAuth | CountUndeliverable | CountForbidden
+)
 
 Permission = Callable[[Action, str], bool]
 
@@ -195,9 +202,8 @@ class ServerSession:
             return []
         if isinstance(frame, Subscribe):
             if not self.can(Action.SUBSCRIBE, frame.topic):
-                return [
-                    Reply(error_frame(ErrorCode.FORBIDDEN, "not allowed to subscribe", frame.topic))
-                ]
+                refusal = error_frame(ErrorCode.FORBIDDEN, "not allowed to subscribe", frame.topic)
+                return [CountForbidden(), Reply(refusal)]
             if frame.topic not in self.topics and len(self.topics) >= self.config.max_subscriptions:
                 return [
                     Reply(

@@ -511,6 +511,12 @@ export class Session {
           this._repaceRefused(frame.ref ?? null);
           return { events: [], replies: [] };
         }
+        if (frame.ref != null && this.subs.has(frame.ref)) {
+          // Final: the hub holds no subscription to this topic; re-subscribing on every
+          // reconnect would only be refused again (tether/client/session.py: the same rule).
+          this.subs.delete(frame.ref);
+          return { events: [{ kind: "refused", topic: frame.ref, code: frame.code, message: frame.message }], replies: [] };
+        }
         return {
           events: [{ kind: "error", code: frame.code, message: frame.message, ref: frame.ref ?? null }],
           replies: [],
@@ -1033,6 +1039,12 @@ export class TetherClient extends EventTarget {
         if (event.ok) item.resolve(event.result);
         else item.reject(new NackError(`${event.code}: ${event.message}`, event.code));
         this._scheduleExpiry();
+      } else if (event.kind === "refused") {
+        this._log("warn", `hub refused ${event.topic}: ${event.code} ${event.message}`);
+        this._handlers.delete(event.topic);
+        this._delivered.delete(event.topic);
+        this._emit("topicstate", { topic: event.topic, live: false });
+        this._reportError(event.code, `${event.topic}: ${event.message}`);
       } else if (event.kind === "error") {
         this._log("warn", `hub error ${event.code}: ${event.message}`);
         this._reportError(event.code, event.message);

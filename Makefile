@@ -32,8 +32,10 @@ $(JSDEPS): tests/browser/js/package.json tests/browser/js/package-lock.json
 	npm ci --no-audit --no-fund --prefix tests/browser/js
 	touch $(JSDEPS)
 
+# `make demo DEMO_PORT=9000` serves the dashboard on another port.
+DEMO_PORT ?= 8765
 demo: $(STAMP)
-	$(VENV)/bin/tether demo
+	$(VENV)/bin/tether demo --port $(DEMO_PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
@@ -16,12 +15,14 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__, logs
 from .chaos import ChaosProxy
 from .client import Client, Delivery, State
 from .config import ClientConfig, HubConfig, add_arguments, from_env, markdown_table
+from .errors import SubscribeRefused
 from .protocol import Gap
 
 
@@ -208,18 +209,20 @@ async def _listen(args: argparse.Namespace) -> int:
         token=args.token,
         config=from_env(ClientConfig, **_options(args, ClientConfig)),
     )
-    for topic in args.topic:
-        await client.subscribe(topic, on_message)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await client.start()
-    if args.duration:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.duration)
-    else:
-        await stop.wait()
-    reason = client.metrics.last_error
+    reason: str | None = None
+    try:
+        async with asyncio.timeout(args.duration or None):
+            await _subscribe_all(client, args.topic, on_message, stop, err)
+            await stop.wait()
+    except TimeoutError:
+        pass
+    except SubscribeRefused as exc:
+        failed, reason = True, str(exc)
+    reason = reason or client.metrics.last_error
     await client.close()
     if failed:
         print(
@@ -227,6 +230,31 @@ async def _listen(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+async def _subscribe_all(
+    client: Client,
+    topics: list[str],
+    on_message: Callable[[Delivery], None],
+    stop: asyncio.Event,
+    err: Callable[[dict[str, Any], str], None],
+) -> None:
+    """Subscribe once connected, so each confirmation can be announced on stderr
+    (``{"event": "subscribed", ...}``: what a script waits for before it publishes) and a
+    refusal ends the run (raises :class:`SubscribeRefused`)."""
+    connected = asyncio.ensure_future(client.wait_for(State.CONNECTED))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([connected, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        connected.cancel()
+        stopped.cancel()
+    if stop.is_set():
+        return
+    for topic in topics:
+        await client.subscribe(topic, on_message)  # answered by the hub while connected
+        if client.is_live(topic):  # (a drop meanwhile: restored on reconnect, unannounced)
+            err({"event": "subscribed", "topic": topic}, f"[subscribed] {topic}")
 
 
 def cmd_listen(args: argparse.Namespace) -> int:

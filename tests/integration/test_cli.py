@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 
 import tether
@@ -160,6 +162,29 @@ async def test_a_listen_that_cannot_succeed_exits_non_zero_and_says_why(
     procs.append(listener)
     assert await listener.wait(timeout=60) == 1
     assert any("gave up" in line and "invalid token" in line for line in listener.err), listener.err
+
+
+async def test_listen_announces_each_subscription_and_exits_on_a_refused_one(
+    procs: list[Proc],
+) -> None:
+    port = free_port()
+    secret = "s" * 32
+    server = await serve(port, "--jwt-secret", secret)
+    procs.append(server)
+    token = jwt.encode({"sub": "u", "exp": int(time.time()) + 600, "topics": ["jobs"]}, secret)
+    url = f"ws://127.0.0.1:{port}/ws"
+    listener = await spawn("listen", url, "--topic", "jobs", "--json", "--token", token)
+    procs.append(listener)
+    # What a script waits for before it publishes (the README's CLI block does).
+    await eventually(
+        lambda: {"event": "subscribed", "topic": "jobs"} in listener.json_err(),
+        what="the subscription announced",
+    )
+    refused = await spawn("listen", url, "--topic", "jobs", "--topic", "secret", "--token", token)
+    procs.append(refused)
+    assert await refused.wait(timeout=60) == 1
+    assert "[subscribed] jobs" in refused.err
+    assert any("gave up: secret: forbidden" in line for line in refused.err), refused.err
 
 
 async def test_the_cli_names_its_version() -> None:

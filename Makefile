@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/fanout.py
 	$(PY) benchmarks/topics.py
 	$(PY) benchmarks/storm.py
+	$(PY) benchmarks/fleet.py
 	$(PY) benchmarks/http_publish.py
 
 clean:

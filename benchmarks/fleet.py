@@ -839,19 +839,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 500, short steady state")
     parser.add_argument("--clients", type=int, default=5000)
-    parser.add_argument("--out", type=Path, help="write the markdown section here too")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=Path(__file__).with_name("fleet-results.md"),
+        help="where to write the markdown report (default: benchmarks/fleet-results.md)",
+    )
+    parser.add_argument("--modes", nargs="+", default=["memory", "redis"], help="history kinds")
     args = parser.parse_args()
     n = 500 if args.quick else args.clients
     steady = 3.0 if args.quick else DEFAULTS.stable_after + 2
     raise_nofile()
     pin(LOADGEN_CPU)
     phases: list[Phase] = []
-    for mode in ("memory", "redis"):
+    for mode in args.modes:
         phases += run_mode(mode, n, steady)
     text = render(phases, n, steady)
     print(text)
-    if args.out:
-        args.out.write_text(text)
+    args.markdown.write_text(text)
 
 
 if __name__ == "__main__":

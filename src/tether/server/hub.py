@@ -193,6 +193,11 @@ class Hub:
         broker.bind(self.fanout)
         #: Repairs of the feed and a lazy broker start: cancelled by :meth:`aclose`.
         self._background: set[asyncio.Task[None]] = set()
+        #: Replay reads in flight, shared by joiners resuming a topic from the same cursor:
+        #: a fleet reconnecting after a restart resumes from a handful of cursors, so
+        #: 5,000 joins cost a few Redis reads instead of 5,000 (which queued past
+        #: redis_timeout for a pool connection, and the timeouts fed the storm).
+        self._replays: dict[tuple[str, str, int], asyncio.Future[Replay]] = {}
         self._started = False
         self._links: dict[Link, _LinkState] = {}
         self._flush_handle: asyncio.Handle | None = None
@@ -453,9 +458,11 @@ class Hub:
     async def _subscribe(self, link: Link, topic: str, resume: Cursor | None) -> None:
         """Subscribe through a broker that must be awaited (Redis): join, read, merge."""
         self.fanout.begin_join(link, topic)
-        for _ in range(JOIN_ATTEMPTS):
+        for attempt in range(JOIN_ATTEMPTS):
             try:
-                replay = await self.broker.replay(topic, resume, now=self._wall())
+                # A shared read may have started before this link began joining; fan-out
+                # then finds it too old (None below) and the retry reads afresh.
+                replay = await self._read_replay(topic, resume, shared=attempt == 0)
             except (TooManyTopics, BrokerUnavailable) as exc:
                 self._join_refused(link, topic, exc.code, exc.message)
                 return
@@ -472,6 +479,24 @@ class Hub:
         self.stats.replayed += max(0, sent)
         if replay.missing:
             self.stats.resumes_with_loss += 1
+
+    async def _read_replay(self, topic: str, resume: Cursor | None, *, shared: bool) -> Replay:
+        if not shared:
+            return await self.broker.replay(topic, resume, now=self._wall())
+        key = (topic, resume.epoch, resume.offset) if resume is not None else (topic, "", -1)
+        read = self._replays.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self.broker.replay(topic, resume, now=self._wall()))
+            self._replays[key] = read
+            read.add_done_callback(lambda done: self._replay_done(key, done))
+        # Shielded: a joiner that leaves (its link closed) must not cancel the others' read.
+        return await asyncio.shield(read)
+
+    def _replay_done(self, key: tuple[str, str, int], read: asyncio.Future[Replay]) -> None:
+        if self._replays.get(key) is read:
+            del self._replays[key]
+        if not read.cancelled():
+            read.exception()  # retrieved here too: every joiner may have left meanwhile
 
     def _join_refused(self, link: Link, topic: str, code: str, message: str) -> None:
         self.fanout.join_failed(link, topic)

@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 
 from .fastws import TetherWSProtocol, bind_hub
 from .gate import AcceptGate, listening_socket
-from .http import with_deadline
+from .http import FirstRequest, with_deadline
 from .hub import Hub
 
 logger = logging.getLogger("tether.hub")
@@ -32,8 +32,7 @@ def server_config(
     when serving the hub alone; pass e.g. ``"/rt/ws"`` for an app that mounts it there).
     """
     c = hub.config
-    if app is None and ws_path is None:
-        ws_path = "/ws"
+    ws_path = direct_path(app, ws_path)
     protocol = TetherWSProtocol if ws_path is None else bind_hub(hub, ws_path)
     return uvicorn.Config(
         app if app is not None else hub.asgi(),
@@ -55,6 +54,11 @@ def server_config(
     )
 
 
+def direct_path(app: Any, ws_path: str | None) -> str | None:
+    """The WebSocket path the hub serves itself: ``/ws`` when it is served alone."""
+    return "/ws" if app is None and ws_path is None else ws_path
+
+
 class EmbeddedServer(uvicorn.Server):
     """uvicorn without signal capture: signals belong to whoever runs the loop."""
 
@@ -70,9 +74,10 @@ class GatedServer(EmbeddedServer):
     shutdown while the gate does the accepting.
     """
 
-    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+    def __init__(self, config: uvicorn.Config, hub: Hub, *, ws_path: str | None) -> None:
         super().__init__(config)
         self._hub = hub
+        self._ws_path = ws_path
         self.gate: AcceptGate | None = None
         self.internal_gate: AcceptGate | None = None
 
@@ -86,10 +91,27 @@ class GatedServer(EmbeddedServer):
             raise
         config = self.config
 
-        def create_protocol() -> asyncio.Protocol:
+        def http_protocol() -> asyncio.Protocol:
             return config.http_protocol_class(  # type: ignore[call-arg]
                 config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
+
+        def ws_protocol() -> asyncio.Protocol:
+            return config.ws_protocol_class(  # type: ignore[call-arg, misc]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        create_protocol: Callable[[], asyncio.Protocol] = http_protocol
+        if self._ws_path is not None:
+            target = b"GET " + self._ws_path.encode()
+
+            def create_protocol() -> asyncio.Protocol:
+                return FirstRequest(
+                    ws_target=target,
+                    ws=ws_protocol,
+                    http=http_protocol,
+                    handshake_timeout=c.handshake_timeout,
+                )
 
         self.gate = AcceptGate(
             sock,
@@ -134,7 +156,7 @@ class HubServer:
     ) -> None:
         self.hub = hub
         config = server_config(hub, app=app, ws_path=ws_path, log_level=log_level)
-        self._server = GatedServer(config, hub)
+        self._server = GatedServer(config, hub, ws_path=direct_path(app, ws_path))
         self._task: asyncio.Task[None] | None = None
         self._port = hub.config.port
 

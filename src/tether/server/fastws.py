@@ -160,7 +160,9 @@ class HubWSProtocol(TetherWSProtocol):
         if self.response.status_code == 101 and decision.subprotocol is not None:
             self.response.headers["Sec-WebSocket-Protocol"] = decision.subprotocol
         self.conn.send_response(self.response)
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        head = b"".join(self.conn.data_to_send())
+        if self.response.status_code != 101 or decision.auth_error is not None:
+            self.transport.write(head)
         if self.response.status_code != 101:
             self.close_sent = True
             self.transport.close()
@@ -186,7 +188,9 @@ class HubWSProtocol(TetherWSProtocol):
             identity=decision.identity,
             address=decision.address,
         )
+        self.hub_link.preamble = head  # goes out with the welcome, in one write
         hub.attach(self.hub_link)
+        self.hub_link.flush_preamble()
 
     def _refuse(self, response: Response) -> None:
         self.conn.send_response(response)

@@ -144,12 +144,15 @@ class _Backlog:
 class RawTransportLink(_Backlog):
     """Writes pre-framed bytes directly to the connection's asyncio transport."""
 
-    __slots__ = ("_raw", "_transport")
+    __slots__ = ("_raw", "_transport", "preamble")
 
     def __init__(self, raw: RawLink, **options: Unpack[LinkOptions]) -> None:
         super().__init__(**options)
         self._raw = raw
         self._transport = raw.transport  # held directly: this is the per-delivery path
+        #: Bytes written ahead of the first frames (the handshake's 101: one write, one
+        #: packet, with the hub's welcome, instead of two).
+        self.preamble = b""
 
     def __repr__(self) -> str:
         return f"<RawTransportLink {self.session.id} closed={self.closed}>"
@@ -173,7 +176,15 @@ class RawTransportLink(_Backlog):
         data = b"".join([ws_text_frame(f) for f in frames])
         if replay_of is not None:
             self._grant(replay_of, len(data))
+        if self.preamble:
+            data, self.preamble = self.preamble + data, b""
         self._write(data)
+
+    def flush_preamble(self) -> None:
+        """Write the preamble now if no frame took it along."""
+        if self.preamble:
+            data, self.preamble = self.preamble, b""
+            self._write(data)
 
     def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None:
         if self.closed:

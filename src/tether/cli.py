@@ -374,7 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("TETHER_REDIS_URL") or None,
         help="publish into the Redis the hubs share, without a hub (env TETHER_REDIS_URL)",
     )
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the hub or Redis (default 10)",
+    )
     p.add_argument(
         "--token",
         default=os.environ.get("TETHER_TOKEN"),

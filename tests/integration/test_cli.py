@@ -7,6 +7,7 @@ print every offset exactly once and report the restart's gap on stderr.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
@@ -20,7 +21,9 @@ import pytest
 
 import tether
 from tether.chaos import ChaosProxy
+from tether.cli import build_parser, config_doc
 
+from ..conftest import StartHub
 from ..processes import Proc, free_port, serve, spawn
 from ..support import T, eventually
 
@@ -205,3 +208,32 @@ async def test_serve_on_a_taken_port_exits_non_zero_saying_so(procs: list[Proc])
     second = await spawn("serve", "--port", str(port))
     assert await second.wait() == 1
     assert any(f"cannot listen on 127.0.0.1:{port}" in line for line in second.err), second.err
+
+
+def test_help_is_plain_text_and_every_option_says_what_it_does() -> None:
+    """Issue 10 item 9: raw reST in --help, a subcommand missing from the summary,
+    options without help text, and a blank code span for empty defaults."""
+    parser = build_parser()
+    top = parser.format_help()
+    assert "``" not in top
+    subcommands = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
+    for name, sub in subcommands.items():
+        assert name in top, f"tether --help does not name {name}"
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"tether {name} {action.option_strings[0]} has no help text"
+    assert "``" not in config_doc(), "an empty default renders as a blank code span"
+
+
+async def test_the_publish_401_names_the_fix_for_the_cli_and_for_code(
+    start_hub: StartHub,
+) -> None:
+    server = await start_hub(api_keys="k", insecure_dev=False)
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        reply = await http.post("/publish", json={"topic": "t", "data": 1})
+    message = reply.json()["message"]
+    for fix in ("--api-keys", "TETHER_API_KEYS", "Hub(api_keys=", "--token", "--insecure-dev"):
+        assert fix in message
+    assert "Hub(insecure_dev=True)" in message

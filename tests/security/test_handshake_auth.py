@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -18,6 +20,7 @@ from ..conftest import StartHub
 from ..support import T
 
 SECRET = "test-secret-test-secret-test-secret!"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_token(sub: str = "alice", *, ttl: float = 300, **claims: Any) -> str:
@@ -153,3 +156,21 @@ async def test_connections_per_identity_are_capped(start_hub: StartHub) -> None:
         assert info.value.response.status_code == 429
         async with websockets.connect(server.url, additional_headers=bob) as b:
             assert json.loads(await b.recv())["type"] == "welcome"
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/security.md"])
+async def test_the_docs_claims_examples_are_accepted_as_written(
+    secure: HubServer, document: str
+) -> None:
+    """Issue 10 item 4: the README's claims had no ``exp`` (refused); keep every example
+    one a hub accepts, and one that grants what the text says."""
+    text = (ROOT / document).read_text()
+    examples = [json.loads(m) for m in re.findall(r'\{"sub": [^`\n]*?\}(?=`|\n)', text)]
+    assert examples, f"no claims example found in {document}"
+    for claims in examples:
+        token = jwt.encode(claims, SECRET, "HS256")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with websockets.connect(secure.url, additional_headers=headers) as ws:
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            await ws.send(json.dumps({"type": "subscribe", "topic": "projects.42.tasks"}))
+            assert json.loads(await ws.recv())["type"] == "subscribed"

@@ -323,6 +323,8 @@ class Client:
         ``forbidden``, ``too_many_subscriptions``…) if it refused it; offline it returns
         at once, the subscription is made on connect, and a refusal then goes to
         ``on_error``. A refused topic is dropped: it is not re-subscribed on reconnect.
+        A refusal that is not final (``unavailable`` while the hub's Redis is away) is
+        retried and waited for; bound the wait with ``asyncio.timeout`` if it matters.
         """
         self._handlers[topic] = handler
         frame = self._session.subscribe(topic, resume=resume)

@@ -25,6 +25,7 @@ from tether.protocol import (
     Message,
     Nack,
     Ping,
+    Pong,
     Subscribed,
     Welcome,
     encode,
@@ -294,3 +295,29 @@ def test_an_error_naming_no_tracked_topic_is_a_server_error() -> None:
     s = session()
     events, _ = s.receive(error("forbidden", ref="other"), now=1)
     assert events == [ServerError("forbidden", "no", "other")]
+
+
+def test_a_late_check_probes_before_declaring_the_link_dead() -> None:
+    """A process that slept past the deadline: its own silence, not the hub's."""
+    s = session()  # interval 10, timeout 5, opened at 0
+    assert s.poll(now=10).wake_at == 15  # the deadline: 0 + 10 + 5
+    woke = s.poll(now=100)  # 85 s late (a laptop lid)
+    assert not woke.dead and json.loads(woke.frames[0])["type"] == "ping"
+    assert woke.wake_at == 105
+    s.receive(encode(Pong(ts=100_000)), now=100.2)  # the hub was there all along
+    alive = s.poll(now=105)
+    assert not alive.dead and alive.wake_at == min(110, 100.2 + 15)
+
+
+def test_a_late_check_whose_probe_goes_unanswered_declares_the_link_dead() -> None:
+    s = session()
+    s.poll(now=10)
+    assert not s.poll(now=100).dead
+    assert not s.poll(now=104.9).dead
+    assert s.poll(now=105).dead
+
+
+def test_an_on_time_check_past_the_deadline_does_not_wait_for_a_probe() -> None:
+    s = session()
+    assert s.poll(now=10).wake_at == 15
+    assert s.poll(now=15.5).dead  # on time (0.5 s after it asked): the hub went silent

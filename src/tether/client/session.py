@@ -60,6 +60,11 @@ RETRYABLE = frozenset(
 )
 #: When a refusal carries no ``retry_after_ms`` (an older hub): one second.
 DEFAULT_RETRY_MS = 1000
+#: A heartbeat check that runs this much later than it asked to (a laptop that slept, a
+#: process stopped or starved) probes before it declares the link dead: the silence may
+#: be the check's own, not the hub's (docs/protocol.md, Heartbeat). A second is far
+#: beyond event-loop jitter and far below any heartbeat interval.
+LATE_BY = 1.0
 
 # --- events handed to the driver ------------------------------------------------------------
 
@@ -192,6 +197,11 @@ class ClientSession:
         self._next_id = 0
         self._last_received = 0.0
         self._next_ping = 0.0
+        #: When the last :meth:`poll` asked to run next (to tell a late check).
+        self._poll_due: float | None = None
+        #: A late check's probe: sent at, and dead if nothing arrives by.
+        self._probe_sent = 0.0
+        self._probe_deadline: float | None = None
         #: The hub's inbound rate, scaled by the PACE_* shares (from ``welcome``).
         self._bucket: TokenBucket | None = None
         #: Subscribe/unsubscribe frames waiting for the bucket, in order.
@@ -332,6 +342,7 @@ class ClientSession:
         self._hold_until = 0.0
         self._last_received = now
         self._next_ping = now + self.heartbeat_interval
+        self._poll_due = self._probe_deadline = None
         self.outbox.mark_all_unsent()
         if self.max_frame_bytes is not None:
             self.refused.extend(self.outbox.remove_larger_than(self.max_frame_bytes))
@@ -353,15 +364,31 @@ class ClientSession:
     # --- heartbeat ----------------------------------------------------------------------
 
     def poll(self, *, now: float) -> Poll:
-        """Heartbeat check: ping when due; declare the link dead past its deadline."""
+        """Heartbeat check: ping when due; declare the link dead past its deadline.
+
+        Call it again at ``wake_at``. A check that runs more than :data:`LATE_BY` after
+        that and finds the deadline passed sends a probe ``ping`` and waits
+        ``heartbeat_timeout`` for any frame before declaring the link dead.
+        """
+        late = self._poll_due is not None and now > self._poll_due + LATE_BY
         deadline = self._last_received + self.heartbeat_interval + self.heartbeat_timeout
-        if now >= deadline:
-            return Poll(dead=True, wake_at=now)
+        if self._probe_deadline is not None:
+            if self._last_received >= self._probe_sent:
+                self._probe_deadline = None  # something arrived after the probe: alive
+            elif now >= self._probe_deadline:
+                return Poll(dead=True, wake_at=now)
         result = Poll(wake_at=0.0)
+        if now >= deadline and self._probe_deadline is None:
+            if not late:
+                return Poll(dead=True, wake_at=now)
+            self._probe_sent = now
+            self._probe_deadline = now + self.heartbeat_timeout
+            self._next_ping = now  # the probe is this check's ping
         if now >= self._next_ping:
             result.frames.append(encode(Ping(ts=int(now * 1000))))
             self._next_ping = now + self.heartbeat_interval
-        result.wake_at = min(self._next_ping, deadline)
+        result.wake_at = min(self._next_ping, self._probe_deadline or deadline)
+        self._poll_due = result.wake_at
         return result
 
     # --- inbound ------------------------------------------------------------------------

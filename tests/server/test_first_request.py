@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 
 from tether.server.serve import HubServer
+
+from ..conftest import StartHub
 
 HANDSHAKE = (
     "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -55,3 +58,19 @@ async def test_an_oversized_handshake_head_is_refused(hub_server: HubServer) -> 
     head = HANDSHAKE[:-2] + padding * 20 + b"\r\n"  # 80 KiB of headers
     status = await status_of(hub_server, head)
     assert status == b"" or status.startswith(b"HTTP/1.1 4"), status
+
+
+async def test_the_wait_for_the_request_line_counts_against_the_http_deadline(
+    start_hub: StartHub,
+) -> None:
+    """One deadline per connection: handing over to HTTP does not restart it (slowloris
+    could otherwise take almost twice ``handshake_timeout``)."""
+    server = await start_hub(handshake_timeout=4.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    opened = time.monotonic()
+    await asyncio.sleep(3.0)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a line, then headers that never end
+    assert await asyncio.wait_for(reader.read(), 30) == b""  # closed by the hub
+    # 4 s after connecting (a restarted deadline would be 7 s); generous for a loaded machine.
+    assert time.monotonic() - opened < 6.0
+    writer.close()

@@ -28,11 +28,17 @@ if TYPE_CHECKING:
 
 class DeadlineH11Protocol(H11Protocol):
     handshake_timeout: float = 10.0
+    #: When the first request must be complete (loop time); default: handshake_timeout
+    #: after connection_made. Set by :class:`FirstRequest`, whose wait counts too.
+    deadline_at: float | None = None
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._deadline = self.loop.call_later(self.handshake_timeout, self._expire)
+        at = self.deadline_at
+        if at is None:
+            at = self.loop.time() + self.handshake_timeout
+        self._deadline = self.loop.call_at(at, self._expire)
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
         # The handshake arrived in time, and this protocol object is about to be left
@@ -124,6 +130,8 @@ class FirstRequest(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         if self._deadline is not None:
+            if isinstance(protocol, DeadlineH11Protocol):
+                protocol.deadline_at = self._deadline.when()  # one deadline, not two
             self._deadline.cancel()
             self._deadline = None
         data, self._buffer = self._buffer, b""

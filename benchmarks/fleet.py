@@ -74,7 +74,7 @@ from fanout import (
     pin,
     raise_nofile,
 )
-from storm import tcp_counters
+from storm import frame_at, masked_frame, tcp_counters
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -103,20 +103,10 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def masked(opcode: int, payload: bytes) -> bytes:
-    """A client->server frame, masked as RFC 6455 requires."""
-    key = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    mask = (key * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
-    return head + key + body
+def backoff(attempts: int) -> float:
+    """As ``Client._backoff``: full jitter with the client's default policy."""
+    c = DEFAULTS
+    return backoff_delay(attempts, base=c.backoff_base, factor=c.backoff_factor, cap=c.backoff_cap)
 
 
 class Member:
@@ -128,7 +118,6 @@ class Member:
         "connected_at",
         "deadline",
         "epoch",
-        "failed_at",
         "fd",
         "first",
         "gaps",
@@ -141,7 +130,6 @@ class Member:
         "sock",
         "source",
         "state",
-        "t_back",
         "waiting_back",
     )
 
@@ -158,8 +146,6 @@ class Member:
         self.retry_at = 0.0
         self.deadline = 0.0  # connect_timeout of the attempt in progress
         self.connected_at = 0.0
-        self.failed_at = 0.0
-        self.t_back = -1.0
         self.waiting_back = False
         # Per epoch: offsets delivered (first, last, count) and gaps reported.
         self.first: dict[str, int] = {}
@@ -190,7 +176,6 @@ class Phase:
     told: int = 0  # clients that received a resync in this phase
     silent: int = 0  # offsets neither delivered nor reported, summed over clients
     lost: int = 0  # offsets reported missing (durable history: must be 0)
-    duplicates: int = 0
     published: int = 0
     publish_failed: int = 0
 
@@ -398,18 +383,8 @@ class Fleet:
                 self.phase.refused_status[status] += 1
         if m.attempts >= DEFAULTS.max_attempts:
             m.state = FAILED
-            m.failed_at = now
             return
-        delay = (
-            hint
-            if hint is not None
-            else backoff_delay(
-                m.attempts,
-                base=DEFAULTS.backoff_base,
-                factor=DEFAULTS.backoff_factor,
-                cap=DEFAULTS.backoff_cap,
-            )
-        )
+        delay = hint if hint is not None else backoff(m.attempts)
         self.schedule(m, delay, now)
 
     def dropped(self, m: Member, now: float, code: int, reason: str) -> None:
@@ -421,16 +396,7 @@ class Fleet:
         if now - m.connected_at >= DEFAULTS.stable_after:
             m.attempts = 0
         hint = parse_close_hint(reason) if code in HINTED_CODES else None
-        delay = (
-            hint
-            if hint is not None
-            else backoff_delay(
-                m.attempts,
-                base=DEFAULTS.backoff_base,
-                factor=DEFAULTS.backoff_factor,
-                cap=DEFAULTS.backoff_cap,
-            )
-        )
+        delay = hint if hint is not None else backoff(m.attempts)
         m.waiting_back = True
         self.schedule(m, delay, now)
 
@@ -497,50 +463,34 @@ class Fleet:
     def send(self, m: Member, frames: list[bytes]) -> None:
         if m.sock is not None and frames:
             with contextlib.suppress(OSError):
-                m.sock.send(b"".join(masked(1, f) for f in frames))
+                m.sock.send(b"".join(masked_frame(1, f) for f in frames))
 
     def frames(self, m: Member, data: bytes, now: float) -> None:
         if m.buf:
             data = m.buf + data
             m.buf = b""
-        n = len(data)
         pos = 0
-        while pos + 2 <= n:
-            length = data[pos + 1] & 0x7F
-            start = pos + 2
-            if length == 126:
-                if pos + 4 > n:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-                start = pos + 4
-            elif length == 127:
-                if pos + 10 > n:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                start = pos + 10
-            end = start + length
-            if end > n:
-                break
-            opcode = data[pos] & 0x0F
+        while (frame := frame_at(data, pos)) is not None:
+            opcode, start, end = frame
             if opcode == 1:
                 events, replies = m.session.receive(data[start:end], now=now)
                 self.send(m, replies)
                 for event in events:
                     self.event(m, event, now)
             elif opcode == 8:
-                code = int.from_bytes(data[start : start + 2], "big") if length >= 2 else 1005
+                code = int.from_bytes(data[start : start + 2], "big") if end - start >= 2 else 1005
                 reason = data[start + 2 : end].decode(errors="replace")
                 with contextlib.suppress(OSError):
                     assert m.sock is not None
-                    m.sock.send(masked(8, code.to_bytes(2, "big")))
+                    m.sock.send(masked_frame(8, code.to_bytes(2, "big")))
                 self.dropped(m, now, code, reason)
                 return
             elif opcode == 9:
                 with contextlib.suppress(OSError):
                     assert m.sock is not None
-                    m.sock.send(masked(10, data[start:end]))
+                    m.sock.send(masked_frame(10, data[start:end]))
             pos = end
-        if pos < n:
+        if pos < len(data):
             m.buf = data[pos:]
 
     def event(self, m: Member, event: object, now: float) -> None:
@@ -552,7 +502,6 @@ class Fleet:
             m.got[epoch] += 1
             if m.waiting_back and self.phase is not None and self.phase.serving_at:
                 m.waiting_back = False
-                m.t_back = now
                 self.phase.back.append(now - self.phase.serving_at)
         elif isinstance(event, Resync):
             m.resyncs += 1
@@ -698,7 +647,6 @@ def run_mode(mode: str, n: int, steady: float) -> list[Phase]:
             phase = Phase(mode, kill, n)
             fleet.phase = phase
             for m in fleet.members:
-                m.t_back = -1.0
                 m.resyncs = 0
             before = tcp_counters()
             cpu0 = time.process_time()
@@ -730,9 +678,8 @@ def run_mode(mode: str, n: int, steady: float) -> list[Phase]:
         current = collections.Counter(m.epoch for m in fleet.members if m.epoch)
         final_epoch = current.most_common(1)[0][0] if current else ""
         head = max((m.last.get(final_epoch, 0) for m in fleet.members), default=0)
-        silent = lost = dup = 0
+        silent = lost = 0
         for m in fleet.members:
-            dup += m.session.counters.duplicates_dropped
             first = m.first.get(final_epoch)
             if first is None:
                 silent += head
@@ -748,7 +695,7 @@ def run_mode(mode: str, n: int, steady: float) -> list[Phase]:
         for phase in phases:
             phase.published = int(result.get("published", 0))
             phase.publish_failed = int(result.get("failed", 0))
-            phase.silent, phase.lost, phase.duplicates = silent, lost, dup
+            phase.silent, phase.lost = silent, lost
         log(f"  {mode}: published {result}, final head {head}, silent {silent}, lost {lost}")
     finally:
         if publisher is not None:

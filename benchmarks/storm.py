@@ -379,11 +379,41 @@ class ServerProc:
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
-    """A client->server frame, masked as RFC 6455 requires (payload < 126 bytes)."""
-    assert len(payload) < 126
+    """A client->server frame, masked as RFC 6455 requires."""
     key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + key + masked
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    mask = (key * (n // 4 + 1))[:n]
+    body = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
+    return head + key + body
+
+
+def frame_at(data: bytes, pos: int) -> tuple[int, int, int] | None:
+    """The server frame at ``pos``: (opcode, payload start, end), or None if incomplete.
+
+    Server frames are unmasked; only the header is read."""
+    n = len(data)
+    if pos + 2 > n:
+        return None
+    length = data[pos + 1] & 0x7F
+    start = pos + 2
+    if length == 126:
+        if pos + 4 > n:
+            return None
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        start = pos + 4
+    elif length == 127:
+        if pos + 10 > n:
+            return None
+        length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+        start = pos + 10
+    end = start + length
+    return None if end > n else (data[pos] & 0x0F, start, end)
 
 
 CONNECTING, HANDSHAKE, OPEN, WAITING, CLOSED = range(5)
@@ -567,26 +597,9 @@ class Fleet:
         if c.buf:
             data = c.buf + data
             c.buf = b""
-        n = len(data)
         pos = 0
-        while pos + 2 <= n:
-            length = data[pos + 1]  # server frames are unmasked
-            if length < 126:
-                start = pos + 2
-            elif length == 126:
-                if pos + 4 > n:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                start = pos + 4
-            else:
-                if pos + 10 > n:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                start = pos + 10
-            end = start + length
-            if end > n:
-                break
-            opcode = data[pos] & 0x0F
+        while (frame := frame_at(data, pos)) is not None:
+            opcode, start, end = frame
             if opcode == 1:
                 if c.t_sub < 0 and data.startswith(SUBSCRIBED_PREFIX, start):
                     c.t_sub = time.monotonic()
@@ -599,11 +612,11 @@ class Fleet:
                         due = float(data[i:j])
                         self.samples.append((due, time.time() - due))
             elif opcode == 8:  # close: answer it (code only), then reconnect or count
-                code = int.from_bytes(data[start : start + 2], "big") if length >= 2 else 1005
+                code = int.from_bytes(data[start : start + 2], "big") if end - start >= 2 else 1005
                 self._closed(c, code)
                 return
             pos = end
-        if pos < n:
+        if pos < len(data):
             c.buf = data[pos:]
 
     def _closed(self, c: Client, code: int | None) -> None:

@@ -6,7 +6,9 @@ import asyncio
 import time
 
 import jwt
-from playwright.async_api import Browser
+from playwright.async_api import Browser, Page
+
+from tether.server.serve import HubServer
 
 from ..conftest import StartHub
 from ..support import T
@@ -21,12 +23,18 @@ def make_token(ttl: float) -> str:
     return jwt.encode(claims, SECRET, "HS256")
 
 
-async def test_token_refreshed_in_place_and_bad_token_does_not_loop(
-    browser: Browser, start_hub: StartHub
-) -> None:
+async def secure_page(browser: Browser, start_hub: StartHub) -> tuple[HubServer, Page]:
+    """A hub that requires tokens, and a page on its origin."""
     server = await start_hub(jwt_secret=SECRET, insecure_dev=False, jwt_leeway=0)
     page = await browser.new_page()
     await page.goto(server.http_url + "/healthz")
+    return server, page
+
+
+async def test_token_refreshed_in_place_and_bad_token_does_not_loop(
+    browser: Browser, start_hub: StartHub
+) -> None:
+    server, page = await secure_page(browser, start_hub)
     minted: list[str] = []
 
     def mint() -> str:
@@ -76,9 +84,7 @@ async def test_token_refreshed_in_place_and_bad_token_does_not_loop(
 async def test_a_forbidden_subscribe_is_reported_and_not_retried_on_reconnect(
     browser: Browser, start_hub: StartHub
 ) -> None:
-    server = await start_hub(jwt_secret=SECRET, insecure_dev=False, jwt_leeway=0)
-    page = await browser.new_page()
-    await page.goto(server.http_url + "/healthz")
+    server, page = await secure_page(browser, start_hub)
     client = BrowserClient(page)
     await client.start(server.url, **{**SCALED, "token": make_token(ttl=300)})
     await client.subscribe("t")

@@ -65,13 +65,19 @@ async def test_token_source_recovers_from_a_bad_token(secure: HubServer) -> None
     await rec.close()
 
 
-async def test_a_forbidden_subscribe_raises_and_is_not_retried_on_reconnect(
-    secure: HubServer,
-) -> None:
+def recording_errors(secure: HubServer) -> tuple[Recorder, list[tuple[str, str]]]:
+    """A client with a token source whose ``on_error`` calls are kept."""
     errors: list[tuple[str, str]] = []
     rec = Recorder(
         secure.url, get_token=make_token, on_error=lambda code, msg: errors.append((code, msg))
     )
+    return rec, errors
+
+
+async def test_a_forbidden_subscribe_raises_and_is_not_retried_on_reconnect(
+    secure: HubServer,
+) -> None:
+    rec, errors = recording_errors(secure)
     await rec.subscribed("t")
     with pytest.raises(SubscribeRefused) as refused:
         await rec.client.subscribe("projects.99.tasks", rec.on_message)
@@ -89,10 +95,7 @@ async def test_a_forbidden_subscribe_raises_and_is_not_retried_on_reconnect(
 async def test_a_forbidden_subscription_made_offline_is_reported_to_on_error(
     secure: HubServer,
 ) -> None:
-    errors: list[tuple[str, str]] = []
-    rec = Recorder(
-        secure.url, get_token=make_token, on_error=lambda code, msg: errors.append((code, msg))
-    )
+    rec, errors = recording_errors(secure)
     await rec.client.subscribe("projects.99.tasks", rec.on_message)  # offline: returns at once
     await rec.subscribed("t")
     await eventually(lambda: errors != [], what="the refusal reported")

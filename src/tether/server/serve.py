@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -101,17 +101,17 @@ class GatedServer(EmbeddedServer):
                 config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
 
-        create_protocol: Callable[[], asyncio.Protocol] = http_protocol
-        if self._ws_path is not None:
-            target = b"GET " + self._ws_path.encode()
+        def first_request() -> asyncio.Protocol:
+            assert self._ws_path is not None
+            return FirstRequest(
+                ws_target=b"GET " + self._ws_path.encode(),
+                ws=ws_protocol,
+                http=http_protocol,
+                handshake_timeout=c.handshake_timeout,
+            )
 
-            def create_protocol() -> asyncio.Protocol:
-                return FirstRequest(
-                    ws_target=target,
-                    ws=ws_protocol,
-                    http=http_protocol,
-                    handshake_timeout=c.handshake_timeout,
-                )
+        # Without a path of its own (an app serving the hub over ASGI) all goes to HTTP.
+        create_protocol = http_protocol if self._ws_path is None else first_request
 
         self.gate = AcceptGate(
             sock,

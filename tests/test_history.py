@@ -96,6 +96,22 @@ def test_no_resume_starts_live() -> None:
     assert replay.recovered and replay.frames == [] and replay.head == 3
 
 
+def test_a_rewind_replays_the_last_n_then_starts_live_and_loses_nothing() -> None:
+    log = make_log(size=5, count=8)  # retains 4..8
+    replay = log.replay(None, now=0, rewind=3)
+    assert offsets(replay.frames) == [6, 7, 8] and replay.rewound == 3
+    assert replay.recovered and replay.missing == []
+    # More than history holds: what it holds, and that is not a loss.
+    replay = log.replay(None, now=0, rewind=50)
+    assert offsets(replay.frames) == [4, 5, 6, 7, 8] and replay.rewound == 5
+    assert replay.recovered and replay.missing == []
+    # A resume wins over a rewind: the client has a cursor.
+    replay = log.replay(Cursor(epoch="E", offset=7), now=0, rewind=3)
+    assert offsets(replay.frames) == [8] and replay.rewound == 0
+    # Nothing published yet: nothing to rewind.
+    assert make_log().replay(None, now=0, rewind=3).frames == []
+
+
 def test_zero_size_history_still_counts_offsets_and_reports_loss() -> None:
     log = make_log(size=0, count=4)
     replay = log.replay(Cursor(epoch="E", offset=1), now=0)
@@ -108,6 +124,9 @@ def test_resume_plan_is_the_arithmetic_every_broker_shares() -> None:
 
     plan = resume_plan
     assert plan(None, epoch="E", head=9, oldest=5) == ([], 10)
+    assert plan(None, epoch="E", head=9, oldest=5, rewind=2) == ([], 8)
+    assert plan(None, epoch="E", head=9, oldest=5, rewind=9) == ([], 5)
+    assert plan(None, epoch="E", head=0, oldest=1, rewind=9) == ([], 1)
     assert plan(Cursor(epoch="E", offset=6), epoch="E", head=9, oldest=5) == ([], 7)
     assert plan(Cursor(epoch="E", offset=2), epoch="E", head=9, oldest=5) == (
         [Gap(epoch="E", start=3, end=4)],

@@ -73,6 +73,9 @@ def test_arbitrary_json_objects_raise_only_protocol_error(obj: dict[str, object]
             b'{"type":"subscribe","topic":"t","resume":{"epoch":"e","offset":-1}}',
             ErrorCode.INVALID_FRAME,
         ),
+        (b'{"type":"subscribe","topic":"t","rewind":-1}', ErrorCode.INVALID_FRAME),
+        (b'{"type":"subscribe","topic":"t","rewind":9007199254740992}', ErrorCode.INVALID_FRAME),
+        (b'{"type":"subscribe","topic":"t","rewind":"3"}', ErrorCode.INVALID_FRAME),
         (b'{"type":"send","id":"","event":"x"}', ErrorCode.INVALID_FRAME),
         (b"[" * 100_000 + b"]" * 100_000, ErrorCode.INVALID_FRAME),
         (

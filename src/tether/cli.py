@@ -216,7 +216,7 @@ async def _listen(args: argparse.Namespace) -> int:
     reason: str | None = None
     try:
         async with asyncio.timeout(args.duration or None):
-            await _subscribe_all(client, args.topic, on_message, stop, err)
+            await _subscribe_all(client, args.topic, on_message, stop, err, rewind=args.rewind)
             await stop.wait()
     except TimeoutError:
         pass
@@ -238,6 +238,8 @@ async def _subscribe_all(
     on_message: Callable[[Delivery], None],
     stop: asyncio.Event,
     err: Callable[[dict[str, Any], str], None],
+    *,
+    rewind: int,
 ) -> None:
     """Subscribe once connected, so each confirmation can be announced on stderr
     (``{"event": "subscribed", ...}``: what a script waits for before it publishes) and a
@@ -252,7 +254,8 @@ async def _subscribe_all(
     if stop.is_set():
         return
     for topic in topics:
-        await client.subscribe(topic, on_message)  # answered by the hub while connected
+        # Answered by the hub while connected.
+        await client.subscribe(topic, on_message, rewind=rewind)
         if client.is_live(topic):  # (a drop meanwhile: restored on reconnect, unannounced)
             err({"event": "subscribed", "topic": topic}, f"[subscribed] {topic}")
 
@@ -343,6 +346,14 @@ def config_doc() -> str:
 # --- parser -----------------------------------------------------------------------------------
 
 
+def _count(text: str) -> int:
+    """A non-negative message count, for argparse (which reports the ValueError's text)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
@@ -390,6 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("listen", help="subscribe and print messages (a resilient client)")
     p.add_argument("url", help="hub URL, e.g. ws://127.0.0.1:8765/ws")
     p.add_argument("--topic", action="append", required=True, help="repeat for more topics")
+    p.add_argument(
+        "--rewind",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="first print the last N messages of each topic that the hub's history holds "
+        "(default 0: only new ones)",
+    )
     p.add_argument(
         "--json",
         action="store_true",

@@ -281,7 +281,7 @@ async def _terminal(backend: DemoBackend) -> None:
         backoff_cap=4.0,
     )
     for topic in TOPICS:
-        await client.subscribe(topic, on_message)
+        await client.subscribe(topic, on_message, rewind=1)  # the current value at once
     await client.start()
     print("keys (then Enter): c=cut s=stall r=restart", flush=True)
     keys = asyncio.create_task(_keys(backend)) if sys.stdin.isatty() else None

@@ -40,6 +40,9 @@ class Replay:
     recovered: bool
     missing: list[Gap]
     frames: list[bytes] = field(default_factory=list)
+    #: How many of ``frames`` a ``rewind`` asked for (a subscribe without a resume): the
+    #: subscriber's cursor starts just before them. 0 for a resume.
+    rewound: int = 0
 
     @property
     def first_offset(self) -> int:
@@ -101,20 +104,25 @@ class TopicLog:
         while entries and entries[0].ts < limit:
             entries.popleft()
 
-    def replay(self, resume: Cursor | None, *, now: float) -> Replay:
-        """Everything a subscriber resuming from ``resume`` must get, and the exact loss."""
+    def replay(self, resume: Cursor | None, *, now: float, rewind: int = 0) -> Replay:
+        """Everything a subscriber resuming from ``resume`` (or, without one, rewinding
+        ``rewind`` messages) must get, and the exact loss."""
         self.prune(now=now)
         oldest = self.oldest
-        missing, start = resume_plan(resume, epoch=self.epoch, head=self.head, oldest=oldest)
+        missing, start = resume_plan(
+            resume, epoch=self.epoch, head=self.head, oldest=oldest, rewind=rewind
+        )
         frames: list[bytes] = []
         if start <= self.head:
             skip = start - oldest
             frames = [e.frame for e in itertools.islice(self._entries, skip, None)]
-        return Replay(self.epoch, self.head, not missing, missing, frames)
+        return Replay(
+            self.epoch, self.head, not missing, missing, frames, rewound_by(resume, frames)
+        )
 
 
 def resume_plan(
-    resume: Cursor | None, *, epoch: str, head: int, oldest: int
+    resume: Cursor | None, *, epoch: str, head: int, oldest: int, rewind: int = 0
 ) -> tuple[list[Gap], int]:
     """What a resume from ``resume`` has lost, and the first offset to replay to it.
 
@@ -122,9 +130,12 @@ def resume_plan(
     replayable (``head + 1`` when none is). Offsets ``start..head`` are to be replayed
     (none when ``start > head``). Every broker answers a resume with this one piece of
     arithmetic, so a gap is reported alike whichever holds the history.
+
+    Without ``resume``, the last ``rewind`` offsets are replayed, or as many as history
+    holds: what it no longer holds is not a loss to a subscriber that never had it.
     """
     if resume is None:
-        return [], head + 1
+        return [], max(oldest, head + 1 - rewind)
     missing: list[Gap] = []
     if resume.epoch == epoch:
         start = resume.offset + 1
@@ -139,3 +150,8 @@ def resume_plan(
             missing.append(Gap(epoch=epoch, start=1, end=oldest - 1))
         start = oldest
     return missing, start
+
+
+def rewound_by(resume: Cursor | None, frames: list[bytes]) -> int:
+    """:attr:`Replay.rewound`: every replayed frame, for a subscribe without a resume."""
+    return len(frames) if resume is None else 0

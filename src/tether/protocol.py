@@ -23,6 +23,8 @@ MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 EventName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Epoch = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Offset = Annotated[int, msgspec.Meta(ge=0)]
+#: A message count a browser can hold exactly (JSON numbers are doubles there).
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
 
 
 class _Frame(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=False):
@@ -50,9 +52,14 @@ class Cursor(msgspec.Struct, kw_only=True):
     offset: Offset
 
 
-class Subscribe(_Frame, tag="subscribe"):
+class Subscribe(_Frame, tag="subscribe", omit_defaults=True):
+    """Sent without its defaults (no ``resume``, ``rewind`` 0): what a hub that predates
+    ``rewind`` receives is then exactly what it always did."""
+
     topic: Topic
     resume: Cursor | None = None
+    #: Without ``resume``: replay the last ``rewind`` messages history holds, then go live.
+    rewind: Count = 0
 
 
 class Unsubscribe(_Frame, tag="unsubscribe"):
@@ -135,6 +142,8 @@ class Subscribed(_Frame, tag="subscribed"):
     head: int
     recovered: bool
     missing: list[Gap] = msgspec.field(default_factory=list)
+    #: Messages replayed for ``rewind``: offsets ``head - rewound + 1 .. head``.
+    rewound: int = 0
 
 
 class Unsubscribed(_Frame, tag="unsubscribed"):

@@ -70,9 +70,11 @@ class BrowserClient:
             [url, options],
         )
 
-    async def subscribe(self, topic: str) -> None:
+    async def subscribe(self, topic: str, *, rewind: int = 0) -> None:
         await self.page.evaluate(
-            "(topic) => window.client.subscribe(topic, (m) => window.rec.deliveries.push(m))", topic
+            """([topic, rewind]) =>
+                window.client.subscribe(topic, (m) => window.rec.deliveries.push(m), { rewind })""",
+            [topic, rewind],
         )
 
     async def rec(self) -> dict[str, Any]:

@@ -32,13 +32,17 @@ from tether.protocol import (
 )
 
 
-def session() -> ClientSession:
-    s = ClientSession(
+def unconnected() -> ClientSession:
+    return ClientSession(
         outbox=Outbox(max_size=10, policy=OutboxPolicy.REJECT_NEW),
         heartbeat_interval=10,
         heartbeat_timeout=5,
         id_prefix="p",
     )
+
+
+def session() -> ClientSession:
+    s = unconnected()
     s.subscribe("t")
     s.connection_opened(now=0)
     return s
@@ -321,3 +325,39 @@ def test_an_on_time_check_past_the_deadline_does_not_wait_for_a_probe() -> None:
     s = session()
     assert s.poll(now=10).wake_at == 15
     assert s.poll(now=15.5).dead  # on time (0.5 s after it asked): the hub went silent
+
+
+def test_a_rewind_is_asked_for_until_the_hub_gives_a_cursor_then_resumes() -> None:
+    s = unconnected()
+    s.subscribe("t", rewind=2)
+    frames = s.connection_opened(now=0)
+    assert json.loads(frames[0]) == {"type": "subscribe", "topic": "t", "rewind": 2}
+    s.connection_lost()  # before any answer: still no cursor, so it asks again
+    frames = s.connection_opened(now=1)
+    assert json.loads(frames[0]) == {"type": "subscribe", "topic": "t", "rewind": 2}
+    reply = Subscribed(topic="t", epoch="E", head=9, recovered=True, rewound=2)
+    events, _ = s.receive(encode(reply), now=1)
+    assert events == [SubscriptionConfirmed("t", True, Cursor(epoch="E", offset=7))]
+    got = []
+    for offset in (8, 9, 10):
+        events, _ = s.receive(msg(offset), now=1)
+        got += [(e.offset, e.recovered) for e in events if isinstance(e, Delivery)]
+    # Never missed, so not "recovered": delivered like the live message after them.
+    assert got == [(8, False), (9, False), (10, False)]
+    assert s.counters.messages_recovered == 0
+    s.connection_lost()
+    frames = s.connection_opened(now=2)
+    assert json.loads(frames[0]) == {
+        "type": "subscribe",
+        "topic": "t",
+        "resume": {"epoch": "E", "offset": 10},
+    }
+
+
+def test_a_hub_that_predates_rewind_just_starts_live() -> None:
+    s = unconnected()
+    s.subscribe("t", rewind=3)
+    s.connection_opened(now=0)
+    old_reply = b'{"type":"subscribed","topic":"t","epoch":"E","head":9,"recovered":true}'
+    events, _ = s.receive(old_reply, now=0)
+    assert events == [SubscriptionConfirmed("t", True, Cursor(epoch="E", offset=9))]

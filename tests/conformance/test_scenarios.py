@@ -331,3 +331,30 @@ async def test_s13_undecodable_message_is_reported_and_stepped_over(
     assert rec.reconnects == 0
     assert rec.client.cursor("t").offset == 3  # type: ignore[union-attr]
     await rec.close()
+
+
+async def test_s14_rewind_replays_the_last_messages_then_resumes(
+    hub_server: HubServer, chaos: ChaosProxy
+) -> None:
+    hub = hub_server.hub
+    for n in range(1, 6):
+        await hub.publish("t", n)
+    rec = Recorder(proxy_url(chaos))
+    await rec.client.subscribe("t", rec.on_message, rewind=3)  # offline: made on connect
+    await rec.client.connect(timeout=100 * T)
+    await eventually(lambda: len(rec.deliveries) == 3, what="the rewind")
+    assert [(d.offset, d.data, d.recovered) for d in rec.deliveries] == [
+        (3, 3, False),  # never missed: not "recovered"
+        (4, 4, False),
+        (5, 5, False),
+    ]
+    await hub.publish("t", 6)
+    await eventually(lambda: len(rec.deliveries) == 4, what="live")
+    chaos.cut()
+    await eventually(lambda: rec.reconnects == 1, what="the reconnect")
+    await hub.publish("t", 7)
+    await eventually(lambda: len(rec.deliveries) == 5, what="after the cut")
+    await asyncio.sleep(5 * T)  # a rewind sent again would show here as repeats
+    assert rec.offsets("t") == [3, 4, 5, 6, 7]
+    assert rec.deliveries[3].recovered is False and rec.resyncs == []
+    await rec.close()

@@ -190,6 +190,36 @@ async def test_listen_announces_each_subscription_and_exits_on_a_refused_one(
     assert any("gave up: secret: forbidden" in line for line in refused.err), refused.err
 
 
+async def test_listen_rewind_prints_the_last_messages_then_live_ones(procs: list[Proc]) -> None:
+    port = free_port()
+    procs.append(await serve(port))
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as http:
+        for n in range(1, 6):
+            reply = await http.post(f"{base}/publish", json={"topic": "jobs", "data": n})
+            assert reply.status_code == 200
+        listener = await spawn(
+            "listen", f"ws://127.0.0.1:{port}/ws", "--topic", "jobs", "--json", "--rewind", "3"
+        )
+        procs.append(listener)
+        await eventually(
+            lambda: {"event": "subscribed", "topic": "jobs"} in listener.json_err(),
+            what="the subscription announced",
+        )
+        reply = await http.post(f"{base}/publish", json={"topic": "jobs", "data": 6})
+        assert reply.status_code == 200
+        await eventually(lambda: len(listener.out) >= 4, what="three rewound and one live")
+    await asyncio.sleep(0.2)  # nothing else may follow
+    printed = [json.loads(line) for line in listener.out]
+    assert [(m["offset"], m["data"]) for m in printed] == [(3, 3), (4, 4), (5, 5), (6, 6)]
+
+
+async def test_listen_rejects_a_negative_rewind() -> None:
+    proc = await spawn("listen", "ws://127.0.0.1:1/ws", "--topic", "t", "--rewind", "-1")
+    assert await proc.wait() == 2
+    assert any("--rewind" in line and "must be 0 or more" in line for line in proc.err), proc.err
+
+
 async def test_the_cli_names_its_version() -> None:
     proc = await spawn("--version")
     assert await proc.wait() == 0

@@ -148,7 +148,7 @@ def normalised(replay: Replay, epoch: str) -> tuple[Any, ...]:
     """A replay with its epoch spelled "E", to compare two brokers' answers."""
     frames = [f.replace(f'"epoch":"{epoch}"'.encode(), b'"epoch":"E"') for f in replay.frames]
     missing = [(g.epoch.replace(epoch, "E"), g.start, g.end) for g in replay.missing]
-    return (replay.epoch == epoch, replay.head, replay.recovered, missing, frames)
+    return (replay.epoch == epoch, replay.head, replay.recovered, missing, frames, replay.rewound)
 
 
 @pytest.mark.parametrize(("size", "ttl"), [(5, 10.0), (0, 10.0), (100, 3.0), (3, 0.0)])
@@ -175,15 +175,16 @@ async def test_replay_matches_the_memory_broker_for_the_same_history(
         ]
 
     # Ages are judged by the injected clock; nows only grow (the memory broker prunes).
+    # A rewind counts without a resume only (the first cursor), and is ignored with one.
     for now in (11.0, 13.0, 14.5, 100.0):
         for i in range(7):
-            answers = []
-            for broker in (redis, memory):
-                resume = cursors(epochs[broker])[i]
-                answers.append(
-                    normalised(await broker.replay("t", resume, now=now), epochs[broker])
-                )
-            assert answers[0] == answers[1], (now, i)
+            for rewind in (0, 1, 4, 50):
+                answers = []
+                for broker in (redis, memory):
+                    resume = cursors(epochs[broker])[i]
+                    replay = await broker.replay("t", resume, now=now, rewind=rewind)
+                    answers.append(normalised(replay, epochs[broker]))
+                assert answers[0] == answers[1], (now, i, rewind)
 
 
 async def test_redis_itself_holds_only_the_bounded_history_with_ttls(

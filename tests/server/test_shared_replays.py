@@ -28,10 +28,12 @@ class HeldBroker(RedisBroker):
         self.reads = 0
         self.gate = asyncio.Event()
 
-    async def replay(self, topic: str, resume: Cursor | None, *, now: float) -> Replay:
+    async def replay(
+        self, topic: str, resume: Cursor | None, *, now: float, rewind: int = 0
+    ) -> Replay:
         self.reads += 1
         await self.gate.wait()
-        return await super().replay(topic, resume, now=now)
+        return await super().replay(topic, resume, now=now, rewind=rewind)
 
 
 async def resume(url: str, cursor: dict[str, Any]) -> list[int]:

@@ -313,21 +313,28 @@ class Client:
                 self._state_waiters.remove(entry)
 
     async def subscribe(
-        self, topic: str, handler: MessageHandler, *, resume: Cursor | None = None
+        self,
+        topic: str,
+        handler: MessageHandler,
+        *,
+        resume: Cursor | None = None,
+        rewind: int = 0,
     ) -> None:
         """Receive ``topic``'s messages in order, exactly once, in ``handler``.
 
         ``resume`` starts from a cursor saved earlier (see :meth:`cursor`); without it
-        the subscription starts live. On a live connection this returns once the hub
-        has confirmed the subscription, and raises :class:`SubscribeRefused` (``code``
-        ``forbidden``, ``too_many_subscriptions``…) if it refused it; offline it returns
-        at once, the subscription is made on connect, and a refusal then goes to
-        ``on_error``. A refused topic is dropped: it is not re-subscribed on reconnect.
+        the subscription starts live, after the last ``rewind`` messages the topic's
+        history still holds (``rewind=1``: the current value). On a live connection this
+        returns once the hub has confirmed the subscription, and raises
+        :class:`SubscribeRefused` (``code`` ``forbidden``, ``too_many_subscriptions``…)
+        if it refused it; offline it returns at once, the subscription is made on
+        connect, and a refusal then goes to ``on_error``. A refused topic is dropped:
+        it is not re-subscribed on reconnect.
         A refusal that is not final (``unavailable`` while the hub's Redis is away) is
         retried and waited for; bound the wait with ``asyncio.timeout`` if it matters.
         """
         self._handlers[topic] = handler
-        frame = self._session.subscribe(topic, resume=resume)
+        frame = self._session.subscribe(topic, resume=resume, rewind=rewind)
         if frame is None:
             return
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -149,6 +149,8 @@ Event = (
 class _Sub:
     topic: str
     cursor: Cursor | None
+    #: Messages to replay before live ones, asked for while there is no cursor yet.
+    rewind: int = 0
     #: Offsets up to this one (in the reply's epoch) are replay, not live.
     replay_head: int = 0
     replay_epoch: str = ""
@@ -234,15 +236,19 @@ class ClientSession:
         sub = self._subs.get(topic)
         return None if sub is None else sub.cursor
 
-    def subscribe(self, topic: str, *, resume: Cursor | None = None) -> bytes | None:
+    def subscribe(
+        self, topic: str, *, resume: Cursor | None = None, rewind: int = 0
+    ) -> bytes | None:
         """Track ``topic``; returns the frame to write now if connected.
 
         ``resume`` (e.g. a cursor the app persisted) is used only for a topic not
-        already tracked; a tracked topic keeps its own, newer cursor.
+        already tracked; a tracked topic keeps its own, newer cursor. ``rewind`` asks
+        for the last N messages before live ones while the topic has no cursor (its
+        first subscribe, or every one until the hub confirms it); after that, resumes.
         """
         sub = self._subs.get(topic)
         if sub is None:
-            sub = self._subs[topic] = _Sub(topic, resume)
+            sub = self._subs[topic] = _Sub(topic, resume, rewind)
         return self._subscribe_frame(sub) if self.connected else None
 
     def unsubscribe(self, topic: str) -> bytes | None:
@@ -253,7 +259,8 @@ class ClientSession:
 
     def _subscribe_frame(self, sub: _Sub) -> bytes:
         sub.confirmed = False
-        return encode(Subscribe(topic=sub.topic, resume=sub.cursor))
+        rewind = sub.rewind if sub.cursor is None else 0
+        return encode(Subscribe(topic=sub.topic, resume=sub.cursor, rewind=rewind))
 
     # --- outbox -------------------------------------------------------------------------
 
@@ -480,13 +487,17 @@ class ClientSession:
         resume = sub.cursor
         offset = resume.offset if resume is not None and resume.epoch == reply.epoch else 0
         if resume is None:
-            offset = reply.head
+            # A rewind's replay follows its cursor, like a resume's (protocol.md).
+            offset = max(0, reply.head - reply.rewound)
         # Step over the gaps the hub declared in its current epoch: they are reported, not awaited.
         for gap in reply.missing:
             if gap.epoch == reply.epoch and gap.start == offset + 1 and gap.end is not None:
                 offset = gap.end
         sub.cursor = Cursor(epoch=reply.epoch, offset=min(offset, reply.head))
-        sub.replay_epoch, sub.replay_head = reply.epoch, reply.head
+        # What a resume replays was recovered; what a rewind replays was never missed, so
+        # it is delivered like live messages (``recovered`` False, not counted as such).
+        replay_head = reply.head if resume is not None else sub.cursor.offset
+        sub.replay_epoch, sub.replay_head = reply.epoch, replay_head
         sub.confirmed = True
         events: list[Event] = [SubscriptionConfirmed(reply.topic, reply.recovered, sub.cursor)]
         if reply.missing:

@@ -115,8 +115,11 @@ class Broker(Protocol):
         or :class:`BrokerUnavailable`; either way nothing was published.
         """
 
-    async def replay(self, topic: str, resume: Cursor | None, *, now: float) -> Replay:
-        """The topic's epoch and head, and what follows ``resume`` (see :class:`Replay`).
+    async def replay(
+        self, topic: str, resume: Cursor | None, *, now: float, rewind: int = 0
+    ) -> Replay:
+        """The topic's epoch and head, and what follows ``resume`` (see :class:`Replay`);
+        without ``resume``, the last ``rewind`` messages history holds.
 
         Raises :class:`TooManyTopics` or :class:`BrokerUnavailable`.
         """
@@ -246,12 +249,16 @@ class MemoryBroker:
         # ``floor`` is moot: this process is the only writer, so history can't roll back.
         return self.publish_now(topic, data, now=now)
 
-    def replay_now(self, topic: str, resume: Cursor | None, *, now: float) -> Replay:
+    def replay_now(
+        self, topic: str, resume: Cursor | None, *, now: float, rewind: int = 0
+    ) -> Replay:
         """:meth:`replay`, synchronously."""
-        return self.log(topic).replay(resume, now=now)
+        return self.log(topic).replay(resume, now=now, rewind=rewind)
 
-    async def replay(self, topic: str, resume: Cursor | None, *, now: float) -> Replay:
-        return self.replay_now(topic, resume, now=now)
+    async def replay(
+        self, topic: str, resume: Cursor | None, *, now: float, rewind: int = 0
+    ) -> Replay:
+        return self.replay_now(topic, resume, now=now, rewind=rewind)
 
     async def claim(self, key: str, *, charge: str, now: float) -> bytes | None:
         # Nothing to share: the hub's own dedup window is the whole truth.

@@ -176,6 +176,7 @@ class Fanout:
                 head=replay.head,
                 recovered=replay.recovered,
                 missing=replay.missing,
+                rewound=replay.rewound,
             )
         )
         link.send_frames([reply, *frames], replay_of=topic if frames else None)

@@ -87,6 +87,9 @@ logger = logging.getLogger("tether.hub")
 #: How long a cut-off slow consumer's close frame may wait behind its full buffer before
 #: the socket is aborted: its buffer is what we are protecting, so not long.
 SLOW_CONSUMER_ABORT = 0.5
+#: What makes two joiners' replay reads the same: topic, resume epoch and offset, rewind.
+ReplayKey = tuple[str, str, int, int]
+
 #: A silent peer is presumed dead: give its close handshake a second, then abort.
 DEAD_PEER_ABORT = 1.0
 #: A repair read that fails (Redis away) is retried after this, doubling up to the max:
@@ -197,7 +200,7 @@ class Hub:
         #: a fleet reconnecting after a restart resumes from a handful of cursors, so
         #: 5,000 joins cost a few Redis reads instead of 5,000 (which queued past
         #: redis_timeout for a pool connection, and the timeouts fed the storm).
-        self._replays: dict[tuple[str, str, int], asyncio.Future[Replay]] = {}
+        self._replays: dict[ReplayKey, asyncio.Future[Replay]] = {}
         self._started = False
         self._links: dict[Link, _LinkState] = {}
         self._flush_handle: asyncio.Handle | None = None
@@ -444,25 +447,29 @@ class Hub:
     def _slow_subscriber(self, link: Subscriber) -> None:
         self.overflow(link)  # type: ignore[arg-type]
 
-    def _subscribe_now(self, link: Link, topic: str, resume: Cursor | None) -> None:
+    def _subscribe_now(self, link: Link, join: DoSubscribe) -> None:
         """Subscribe with the in-memory broker: the whole seam in one synchronous step."""
         assert self._memory is not None
+        topic = join.topic
         try:
             self.fanout.begin_join(link, topic)
-            replay = self._memory.replay_now(topic, resume, now=self._wall())
+            replay = self._memory.replay_now(
+                topic, join.resume, now=self._wall(), rewind=join.rewind
+            )
         except TooManyTopics as exc:
             self._join_refused(link, topic, exc.code, exc.message)
             return
         self._count_join(self.fanout.joined(link, topic, replay) or 0, replay)
 
-    async def _subscribe(self, link: Link, topic: str, resume: Cursor | None) -> None:
+    async def _subscribe(self, link: Link, join: DoSubscribe) -> None:
         """Subscribe through a broker that must be awaited (Redis): join, read, merge."""
+        topic = join.topic
         self.fanout.begin_join(link, topic)
         for attempt in range(JOIN_ATTEMPTS):
             try:
                 # A shared read may have started before this link began joining; fan-out
                 # then finds it too old (None below) and the retry reads afresh.
-                replay = await self._read_replay(topic, resume, shared=attempt == 0)
+                replay = await self._read_replay(join, shared=attempt == 0)
             except (TooManyTopics, BrokerUnavailable) as exc:
                 self._join_refused(link, topic, exc.code, exc.message)
                 return
@@ -480,19 +487,26 @@ class Hub:
         if replay.missing:
             self.stats.resumes_with_loss += 1
 
-    async def _read_replay(self, topic: str, resume: Cursor | None, *, shared: bool) -> Replay:
+    async def _read_replay(self, join: DoSubscribe, *, shared: bool) -> Replay:
+        topic, resume, rewind = join.topic, join.resume, join.rewind
         if not shared:
-            return await self.broker.replay(topic, resume, now=self._wall())
-        key = (topic, resume.epoch, resume.offset) if resume is not None else (topic, "", -1)
+            return await self.broker.replay(topic, resume, now=self._wall(), rewind=rewind)
+        key: ReplayKey = (
+            (topic, resume.epoch, resume.offset, 0)
+            if resume is not None
+            else (topic, "", -1, rewind)
+        )
         read = self._replays.get(key)
         if read is None:
-            read = asyncio.ensure_future(self.broker.replay(topic, resume, now=self._wall()))
+            read = asyncio.ensure_future(
+                self.broker.replay(topic, resume, now=self._wall(), rewind=rewind)
+            )
             self._replays[key] = read
             read.add_done_callback(lambda done: self._replay_done(key, done))
         # Shielded: a joiner that leaves (its link closed) must not cancel the others' read.
         return await asyncio.shield(read)
 
-    def _replay_done(self, key: tuple[str, str, int], read: asyncio.Future[Replay]) -> None:
+    def _replay_done(self, key: ReplayKey, read: asyncio.Future[Replay]) -> None:
         if self._replays.get(key) is read:
             del self._replays[key]
         if not read.cancelled():
@@ -611,7 +625,7 @@ class Hub:
         if isinstance(command, Reply):
             link.send_frames([command.frame])
         elif isinstance(command, DoSubscribe):
-            self._subscribe_now(link, command.topic, command.resume)
+            self._subscribe_now(link, command)
         elif isinstance(command, DoUnsubscribe):
             self._unsubscribe(link, command.topic)
         elif isinstance(command, DoAuth):
@@ -729,7 +743,7 @@ class Hub:
                     link.send_frames([reply])
                 elif isinstance(command, DoSubscribe) and self._memory is None:
                     if not link.closed:
-                        await self._subscribe(link, command.topic, command.resume)
+                        await self._subscribe(link, command)
                 elif not link.closed:
                     self._run_now(link, command)
         finally:

@@ -398,13 +398,16 @@ class RedisBroker:
         self._track_own(topic, epoch, offset, done)
         return Entry(offset, now, frame, epoch)
 
-    async def replay(self, topic: str, resume: Cursor | None, *, now: float) -> Replay:
+    async def replay(
+        self, topic: str, resume: Cursor | None, *, now: float, rewind: int = 0
+    ) -> Replay:
         try:
             async with asyncio.timeout(self.timeout):
                 replay, change = await self._topics.replay(
                     topic,
                     resume,
                     now=now,
+                    rewind=rewind,
                     new_epoch=new_epoch(),
                     history_size=self.history_size,
                     history_ttl=self.history_ttl,

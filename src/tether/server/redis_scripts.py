@@ -36,7 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..history import Replay, resume_plan
+from ..history import Replay, resume_plan, rewound_by
 from ..protocol import Cursor
 from .broker import BrokerUnavailable
 
@@ -264,9 +264,10 @@ return {epoch, head, change}
 )
 
 #: KEYS: meta, log. ARGV: 1 new epoch, 2 resume epoch ('' for none), 3 first offset
-#: wanted, 4 history size, 5 topic TTL (ms). Returns {epoch, head, EpochChange, rows}
-#: where rows is {offset, t, frame, ...} in offset order: the entries from the first
-#: offset wanted (all, for another epoch), at most history size, newest kept.
+#: wanted, 4 history size, 5 topic TTL (ms), 6 rewind (entries wanted without a resume).
+#: Returns {epoch, head, EpochChange, rows} where rows is {offset, t, frame, ...} in
+#: offset order: the entries from the first offset wanted (all, for another epoch; the
+#: newest ``rewind``, without a resume), at most history size, newest kept.
 REPLAY_LUA: Final = (
     _PROLOGUE
     + """
@@ -274,10 +275,13 @@ local meta, log = KEYS[1], KEYS[2]
 local epoch, head, change = load_meta(meta, log, ARGV[1])
 redis.call('PEXPIRE', meta, ARGV[5])
 local size = tonumber(ARGV[4])
+local rewind = math.min(tonumber(ARGV[6]), size)
 local rows = {}
-if ARGV[2] ~= '' and size > 0 then
+if (ARGV[2] ~= '' or rewind > 0) and size > 0 then
   local entries = {}
-  if ARGV[2] == epoch then
+  if ARGV[2] == '' then
+    entries = redis.call('XREVRANGE', log, '+', '-', 'COUNT', rewind)
+  elseif ARGV[2] == epoch then
     if tonumber(ARGV[3]) <= head then
       entries = redis.call('XREVRANGE', log, '+', ARGV[3] .. '-0', 'COUNT', size)
     end
@@ -373,6 +377,7 @@ class Topics:
         resume: Cursor | None,
         *,
         now: float,
+        rewind: int = 0,
         new_epoch: str,
         history_size: int,
         history_ttl: float,
@@ -389,6 +394,7 @@ class Topics:
                 start,
                 history_size,
                 _ms(topic_ttl),
+                rewind,
             ],
         )
         epoch_raw, head_raw, change, flat = result
@@ -397,7 +403,7 @@ class Topics:
             (_int(flat[i]), _int(flat[i + 1]), bytes(flat[i + 2])) for i in range(0, len(flat), 3)
         ]
         replay = replay_from_rows(
-            topic, epoch, head, resume, rows, limit_ms=(now - history_ttl) * 1000
+            topic, epoch, head, resume, rows, limit_ms=(now - history_ttl) * 1000, rewind=rewind
         )
         return replay, EpochChange(int(change))
 
@@ -457,6 +463,7 @@ def replay_from_rows(
     rows: Sequence[tuple[int, int, bytes]],
     *,
     limit_ms: float,
+    rewind: int = 0,
 ) -> Replay:
     """The :class:`Replay` of ``rows`` (``(offset, t ms, frame)``, ascending, the log's
     newest entries from the first offset ``resume`` needs): expired ones dropped from
@@ -474,9 +481,9 @@ def replay_from_rows(
         )
         kept = []
     oldest = kept[0][0] if kept else head + 1
-    missing, start = resume_plan(resume, epoch=epoch, head=head, oldest=oldest)
+    missing, start = resume_plan(resume, epoch=epoch, head=head, oldest=oldest, rewind=rewind)
     frames = [frame for _, _, frame in kept[max(0, start - oldest) :]] if start <= head else []
-    return Replay(epoch, head, not missing, missing, frames)
+    return Replay(epoch, head, not missing, missing, frames, rewound_by(resume, frames))
 
 
 def _contiguous(rows: Sequence[tuple[int, int, bytes]], head: int) -> bool:

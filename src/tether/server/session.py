@@ -49,6 +49,7 @@ class Reply:
 class DoSubscribe:
     topic: str
     resume: Cursor | None
+    rewind: int = 0  # only without ``resume``
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +216,8 @@ class ServerSession:
                     )
                 ]
             self.topics.add(frame.topic)
-            return [DoSubscribe(frame.topic, frame.resume)]
+            rewind = frame.rewind if frame.resume is None else 0
+            return [DoSubscribe(frame.topic, frame.resume, rewind)]
         if isinstance(frame, Unsubscribe):
             self.topics.discard(frame.topic)
             return [DoUnsubscribe(frame.topic), Reply(encode(Unsubscribed(topic=frame.topic)))]

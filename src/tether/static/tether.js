@@ -3,6 +3,7 @@
 //   import { connect } from "/tether.js";
 //   const client = connect("ws://127.0.0.1:8765/ws", { onResync: (topic, missing) => refetch(topic) });
 //   client.subscribe("prices", (msg) => render(msg.data));
+//   client.subscribe("odds", (msg) => render(msg.data), { rewind: 1 });  // current value first
 //   await client.send("orders.create", { sku: "tea" });   // acked once, even across retries
 //
 // Same protocol, state machine, defaults, callbacks and metrics as the Python client
@@ -301,10 +302,10 @@ export class Session {
     return this.connected && !!sub && sub.confirmed;
   }
 
-  subscribe(topic, resume = null) {
+  subscribe(topic, resume = null, rewind = 0) {
     let sub = this.subs.get(topic);
     if (!sub) {
-      sub = { topic, cursor: resume, replayHead: 0, replayEpoch: "", confirmed: false };
+      sub = { topic, cursor: resume, rewind, replayHead: 0, replayEpoch: "", confirmed: false };
       this.subs.set(topic, sub);
     }
     return this.connected ? this._subscribeFrame(sub) : null;
@@ -318,6 +319,7 @@ export class Session {
     sub.confirmed = false;
     const frame = { type: "subscribe", topic: sub.topic };
     if (sub.cursor) frame.resume = { epoch: sub.cursor.epoch, offset: sub.cursor.offset };
+    else if (sub.rewind) frame.rewind = sub.rewind; // only until the hub gives a cursor
     return JSON.stringify(frame);
   }
 
@@ -537,14 +539,15 @@ export class Session {
     if (!sub) return [];
     const resume = sub.cursor;
     let offset = resume && resume.epoch === reply.epoch ? resume.offset : 0;
-    if (!resume) offset = reply.head;
+    if (!resume) offset = Math.max(0, reply.head - (reply.rewound || 0)); // a rewind's replay follows the cursor
     const missing = reply.missing || [];
     for (const gap of missing) {
       if (gap.epoch === reply.epoch && gap.from === offset + 1 && gap.to !== null) offset = gap.to;
     }
     sub.cursor = { epoch: reply.epoch, offset: Math.min(offset, reply.head) };
     sub.replayEpoch = reply.epoch;
-    sub.replayHead = reply.head;
+    // What a resume replays was recovered; what a rewind replays was never missed.
+    sub.replayHead = resume ? reply.head : sub.cursor.offset;
     sub.confirmed = true;
     const events = [{ kind: "confirmed", topic: reply.topic, recovered: reply.recovered, cursor: sub.cursor }];
     if (missing.length) {
@@ -766,9 +769,13 @@ export class TetherClient extends EventTarget {
     return this;
   }
 
-  subscribe(topic, handler) {
+  subscribe(topic, handler, { rewind = 0 } = {}) {
+    if (!Number.isSafeInteger(rewind) || rewind < 0) throw new RangeError(`rewind must be a whole number >= 0, not ${rewind}`);
     this._handlers.set(topic, handler);
-    const frame = this._session.subscribe(topic, this._stored[topic] || null);
+    // A rewind rebuilds the page's state from the topic's last messages: a cursor stored by
+    // an earlier page (whose state is gone) is not used for it. Reconnects still resume.
+    const stored = rewind ? null : this._stored[topic] || null;
+    const frame = this._session.subscribe(topic, stored, rewind);
     if (frame) this._pace([frame]);
     this._emit("topicstate", { topic, live: this.isLive(topic) });
     return () => this.unsubscribe(topic);

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import math
 import statistics
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.backoff import backoff_ceiling, backoff_delay
+from tether.backoff import Jitter, backoff_ceiling, backoff_delay
+from tether.config import ClientConfig
 
 bases = st.floats(min_value=0.001, max_value=60)
 factors = st.floats(min_value=1.0, max_value=10)
@@ -58,3 +60,72 @@ def test_rand_outside_unit_interval_is_rejected() -> None:
         backoff_delay(0, base=1, factor=2, cap=30, rand=1.0)
     with pytest.raises(ValueError):
         backoff_ceiling(-1, base=1, factor=2, cap=30)
+
+
+jitters = st.sampled_from([Jitter.PROPORTIONAL, Jitter.ABSOLUTE])
+
+
+@given(
+    attempt=attempts,
+    base=bases,
+    factor=factors,
+    cap=caps,
+    r=rands,
+    jitter=jitters,
+    ratio=st.floats(min_value=0, max_value=1),
+    seconds=st.floats(min_value=0, max_value=100),
+)
+def test_narrow_jitter_stays_around_the_ceiling_and_never_passes_the_cap(
+    attempt: int,
+    base: float,
+    factor: float,
+    cap: float,
+    r: float,
+    jitter: Jitter,
+    ratio: float,
+    seconds: float,
+) -> None:
+    ceiling = backoff_ceiling(attempt, base=base, factor=factor, cap=cap)
+    delay = backoff_delay(
+        attempt,
+        base=base,
+        factor=factor,
+        cap=cap,
+        jitter=jitter,
+        ratio=ratio,
+        seconds=seconds,
+        rand=r,
+    )
+    spread = ceiling * ratio if jitter is Jitter.PROPORTIONAL else seconds
+    assert 0 <= delay <= cap
+    assert ceiling - spread - 1e-9 <= delay <= ceiling + spread + 1e-9
+
+
+def test_the_seeds_schedules_come_out_as_written() -> None:
+    # Plan 001: 1 -> 16 s, ±30 %. Plan 004: 2 s x 1.5, ±0.5 s, cap 60 s.
+    def plan_001(n: int, r: float) -> float:
+        return backoff_delay(
+            n, base=1, factor=2, cap=16, jitter=Jitter.PROPORTIONAL, ratio=0.3, rand=r
+        )
+
+    def plan_004(n: int, r: float) -> float:
+        return backoff_delay(
+            n, base=2, factor=1.5, cap=60, jitter=Jitter.ABSOLUTE, seconds=0.5, rand=r
+        )
+
+    assert [plan_001(n, 0.0) for n in range(6)] == pytest.approx([0.7, 1.4, 2.8, 5.6, 11.2, 11.2])
+    assert [plan_001(n, 0.5) for n in range(6)] == pytest.approx([1, 2, 4, 8, 16, 16])
+    assert plan_001(4, 0.999) == 16  # +30 % of 16 would pass the cap: the cap holds
+    assert [plan_004(n, 0.0) for n in range(3)] == pytest.approx([1.5, 2.5, 4.0])
+    assert [plan_004(n, 0.5) for n in range(3)] == pytest.approx([2, 3, 4.5])
+    assert plan_004(20, 0.999) == 60
+
+
+def test_a_jitter_amount_no_mode_can_use_is_refused_where_it_is_configured() -> None:
+    with pytest.raises(ValueError, match="jitter_ratio"):
+        ClientConfig(jitter_ratio=1.5)
+    with pytest.raises(ValueError, match="jitter_seconds"):
+        ClientConfig(jitter_seconds=-1)
+    with pytest.raises(ValueError, match="jitter_seconds"):
+        backoff_delay(0, base=1, factor=2, cap=30, jitter=Jitter.ABSOLUTE, seconds=math.nan)
+    assert ClientConfig(jitter=Jitter("absolute")).jitter is Jitter.ABSOLUTE

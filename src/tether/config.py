@@ -20,6 +20,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from .backoff import Jitter, check_jitter
+
 ENV_PREFIX = "TETHER_"
 
 
@@ -264,6 +266,22 @@ class ClientConfig:
         "most 30 s after the hub is back, and 10k clients retry at ~670/s.",
         unit="s",
     )
+    jitter: Jitter = _field(
+        Jitter.FULL,
+        "Full jitter (each delay uniform on [0, ceiling]) spreads a fleet that lost its hub at "
+        "once over the whole window; 'proportional' and 'absolute' keep each delay near the "
+        "exponential schedule (predictable, but a fleet stays bunched). Never above the cap.",
+    )
+    jitter_ratio: float = _field(
+        0.3,
+        "For jitter=proportional: each delay is the ceiling ±30 % (a seed's choice; "
+        "Socket.IO uses ±50 %).",
+    )
+    jitter_seconds: float = _field(
+        0.5,
+        "For jitter=absolute: each delay is the ceiling ±0.5 s (a seed's choice).",
+        unit="s",
+    )
     max_attempts: int = _field(
         10,
         "The seeds' consensus. About 90 s of retrying with the defaults before the circuit "
@@ -301,6 +319,9 @@ class ClientConfig:
         "likely stale than wanted. Expiry fails the send; never silent.",
         unit="s",
     )
+
+    def __post_init__(self) -> None:
+        check_jitter(ratio=self.jitter_ratio, seconds=self.jitter_seconds)
 
 
 ConfigT = TypeVar("ConfigT", HubConfig, ClientConfig)

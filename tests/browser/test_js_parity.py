@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+import pytest
 from playwright.async_api import Page
 
-from tether.backoff import backoff_ceiling
+from tether.backoff import Jitter, backoff_ceiling, backoff_delay
 from tether.client.state import TRANSITIONS
 from tether.config import ClientConfig
 
@@ -51,6 +52,30 @@ async def test_backoff_ceilings_agree(page: Page) -> None:
     )
     expected = [backoff_ceiling(n, base=b, factor=f, cap=c) for n, b, f, c in cases]
     assert got == expected
+
+
+async def test_backoff_delays_agree_in_every_jitter_mode(page: Page) -> None:
+    cases = [
+        (mode, n, base, factor, cap, ratio, seconds, r)
+        for mode in ("full", "proportional", "absolute")
+        for n in (0, 2, 9)
+        for base, factor, cap in ((1, 2, 16), (2, 1.5, 60))
+        for ratio, seconds in ((0.3, 0.5), (1.0, 5.0))
+        for r in (0.0, 0.25, 0.999)
+    ]
+    got = await page.evaluate(
+        """async (cases) => {
+            const t = await import('/tether.js');
+            return cases.map(([jitter, n, base, factor, cap, ratio, seconds, r]) =>
+                t.backoffDelay(n, { base, factor, cap, jitter, ratio, seconds }, r));
+        }""",
+        cases,
+    )
+    expected = [
+        backoff_delay(n, base=b, factor=f, cap=c, jitter=Jitter(m), ratio=ratio, seconds=s, rand=r)
+        for m, n, b, f, c, ratio, s, r in cases
+    ]
+    assert got == pytest.approx(expected, abs=1e-12)
 
 
 async def test_illegal_transition_raises_in_js_too(page: Page) -> None:

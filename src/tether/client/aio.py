@@ -571,7 +571,13 @@ class Client:
         # Ceiling base after a drop from a stable connection, doubling with each failed attempt.
         c = self.config
         return backoff_delay(
-            self._attempts, base=c.backoff_base, factor=c.backoff_factor, cap=c.backoff_cap
+            self._attempts,
+            base=c.backoff_base,
+            factor=c.backoff_factor,
+            cap=c.backoff_cap,
+            jitter=c.jitter,
+            ratio=c.jitter_ratio,
+            seconds=c.jitter_seconds,
         )
 
     async def _fresh_token(self) -> str | None:

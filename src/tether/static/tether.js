@@ -25,6 +25,9 @@ export const DEFAULTS = Object.freeze({
   backoffBase: 1.0,
   backoffFactor: 2.0,
   backoffCap: 30.0,
+  jitter: "full",
+  jitterRatio: 0.3,
+  jitterSeconds: 0.5,
   maxAttempts: 10,
   connectTimeout: 10.0,
   stableAfter: 30.0,
@@ -126,7 +129,15 @@ export class StateMachine {
   }
 }
 
-// --- backoff: full jitter (tether/backoff.py) --------------------------------------------
+// --- backoff: full jitter by default (tether/backoff.py) ----------------------------------
+
+export const Jitter = Object.freeze({ FULL: "full", PROPORTIONAL: "proportional", ABSOLUTE: "absolute" });
+
+export function checkJitter({ jitter = Jitter.FULL, ratio = 0, seconds = 0 }) {
+  if (!Object.values(Jitter).includes(jitter)) throw new RangeError(`jitter must be one of ${Object.values(Jitter).join(", ")}, not ${jitter}`);
+  if (!(ratio >= 0 && ratio <= 1)) throw new RangeError(`jitterRatio must be between 0 and 1, not ${ratio}`);
+  if (!(seconds >= 0 && seconds < Infinity)) throw new RangeError(`jitterSeconds must be 0 or more, not ${seconds}`);
+}
 
 export function backoffCeiling(attempt, { base, factor, cap }) {
   if (attempt < 0) throw new RangeError("attempt must be >= 0");
@@ -136,9 +147,15 @@ export function backoffCeiling(attempt, { base, factor, cap }) {
   return Math.min(cap, base * factor ** attempt);
 }
 
+// opts: { base, factor, cap, jitter, ratio, seconds }, as backoff_delay's keywords.
 export function backoffDelay(attempt, opts, rand = Math.random()) {
   if (!(rand >= 0 && rand < 1)) throw new RangeError("rand must be in [0, 1)");
-  return rand * backoffCeiling(attempt, opts);
+  checkJitter(opts);
+  const ceiling = backoffCeiling(attempt, opts);
+  const jitter = opts.jitter || Jitter.FULL;
+  if (jitter === Jitter.FULL) return rand * ceiling;
+  const spread = jitter === Jitter.PROPORTIONAL ? ceiling * opts.ratio : opts.seconds;
+  return Math.min(Math.max(opts.cap, 0), Math.max(0, ceiling + spread * (2 * rand - 1)));
 }
 
 // --- outbox (tether/outbox.py) -------------------------------------------------------------
@@ -666,6 +683,8 @@ export class TetherClient extends EventTarget {
     }
     this.url = url;
     this.config = Object.freeze({ ...DEFAULTS, ...pick(options, Object.keys(DEFAULTS)) });
+    const c = this.config;
+    checkJitter({ jitter: c.jitter, ratio: c.jitterRatio, seconds: c.jitterSeconds });
     this.onStateChange = options.onStateChange || null;
     this.onReconnect = options.onReconnect || null;
     this.onResync = options.onResync || null;
@@ -990,7 +1009,10 @@ export class TetherClient extends EventTarget {
 
   _backoff() {
     const c = this.config;
-    return backoffDelay(this._attempts, { base: c.backoffBase, factor: c.backoffFactor, cap: c.backoffCap });
+    return backoffDelay(this._attempts, {
+      base: c.backoffBase, factor: c.backoffFactor, cap: c.backoffCap,
+      jitter: c.jitter, ratio: c.jitterRatio, seconds: c.jitterSeconds,
+    });
   }
 
   _opened(ws) {

@@ -135,3 +135,93 @@ async def test_blip_shorter_than_debounce_shows_no_banner(
 
 async def _not_stale(page: Page) -> bool:
     return await attr(page, "#card", "data-stale") is None
+
+
+async def show_degraded(page: Page, url: str, **options: object) -> None:
+    await page.evaluate(
+        """async ([url, options]) => {
+            document.body.innerHTML = '<tether-status show="degraded"></tether-status>';
+            const t = await import('/tether.js');
+            await import('/tether-status.js');
+            const client = t.connect(url, options);
+            window.client = client;
+            document.querySelector('tether-status').client = client;
+        }""",
+        [url, {**SCALED, **options}],
+    )
+
+
+async def visible(page: Page) -> bool:
+    shown: bool = await page.is_visible("tether-status")
+    return shown
+
+
+async def test_show_degraded_hides_the_indicator_while_healthy_only(
+    page: Page,
+    hub_server: HubServer,
+    proxy: ChaosProxy,  # noqa: F811
+) -> None:
+    await page.goto(hub_server.http_url + "/healthz")
+    await show_degraded(page, f"ws://127.0.0.1:{proxy.port}/ws")
+    await until(lambda: _state(page, "connected"), what="connected")
+    assert not await visible(page)
+    assert await page.evaluate("() => window.tether === undefined")  # no debug: no helpers
+    proxy.refuse()
+    proxy.cut()
+    await until(lambda: _state(page, "reconnecting"), what="reconnecting")
+    assert await visible(page)  # degraded: shown
+    proxy.heal()
+    await until(lambda: _state(page, "connected"), what="connected again")
+    assert not await visible(page)
+
+
+RECONNECTED = """(n) =>
+    window.tether.getMetrics().totalReconnects === n && window.client.state === 'connected'"""
+
+
+async def test_debug_on_the_page_url_shows_the_indicator_and_installs_the_helpers(
+    page: Page, hub_server: HubServer
+) -> None:
+    await page.goto(hub_server.http_url + "/healthz?debug=true")
+    await show_degraded(page, hub_server.url)
+    await until(lambda: _state(page, "connected"), what="connected")
+    assert await visible(page)  # debug: always shown
+    assert await page.evaluate("() => window.tether.getState()") == "connected"
+    metrics = await page.evaluate("() => window.tether.getMetrics()")
+    assert metrics["successfulConnects"] == 1
+    # disconnect() drops the link as a network failure would; the client recovers by itself.
+    await page.evaluate("() => window.tether.disconnect()")
+    await until(
+        lambda: page.evaluate(RECONNECTED, 1),
+        what="recovered from the helper's disconnect",
+    )
+    await page.evaluate("() => window.tether.reconnect()")
+    await until(
+        lambda: page.evaluate(RECONNECTED, 2),
+        what="reconnected by the helper",
+    )
+
+
+async def test_a_named_debug_global_and_an_explicit_false_beats_the_page(
+    page: Page, hub_server: HubServer
+) -> None:
+    await page.goto(hub_server.http_url + "/healthz?debug=true")
+    await show_degraded(page, hub_server.url, debug=False)
+    await until(lambda: _state(page, "connected"), what="connected")
+    assert not await visible(page)
+    assert await page.evaluate("() => window.tether === undefined")
+    await page.evaluate(
+        """async (url) => {
+            const t = await import('/tether.js');
+            window.overlay = t.connect(url, { debug: 'landale_socket' });
+        }""",
+        hub_server.url,
+    )
+    await until(
+        lambda: page.evaluate("() => window.landale_socket.getState() === 'connected'"),
+        what="the named helpers",
+    )
+
+
+async def _state(page: Page, state: str) -> bool:
+    return await page.evaluate("() => window.client.state") == state

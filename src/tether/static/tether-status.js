@@ -73,9 +73,12 @@ class ClientBound extends HTMLElement {
   }
 }
 
+// show="degraded": hidden while connected, shown in every other state, and always in debug
+// mode (the client's `debug`: its option, or ?debug=true on the page): an overlay stays clean while
+// healthy. The default (show="always") is always visible.
 export class TetherStatus extends ClientBound {
   static get observedAttributes() {
-    return ["label"];
+    return ["label", "show"];
   }
   attributeChangedCallback() {
     this._update();
@@ -95,11 +98,14 @@ export class TetherStatus extends ClientBound {
       }.`;
     }
     this._ticking(state === "reconnecting" || state === "connecting" || state === "failed");
+    const hide = this.getAttribute("show") === "degraded" && state === "connected" && !client.debug;
+    this.toggleAttribute("hidden", hide);
     const showLabel = this.hasAttribute("label");
     const text = this.getAttribute("label") || LABELS[state];
     this.shadowRoot.innerHTML = `
       <style>
         :host { display: inline-flex; align-items: center; gap: 6px; font: inherit; }
+        :host([hidden]) { display: none; }
         .dot { width: 8px; height: 8px; border-radius: 50%; background: ${COLORS[state]}; flex: none; }
         :host([state="connecting"]) .dot, :host([state="reconnecting"]) .dot {
           animation: pulse 1s ease-in-out infinite; }

@@ -716,7 +716,12 @@ export class TetherClient extends EventTarget {
     this._retryRequested = false;
     this._opening = false;
     this._started = false;
-    this._verbose = !!options.debug;
+    // debug: true (helpers at window.tether), a name (helpers at window[name]) or false;
+    // left out, the page decides: ?debug=true turns it on, as the overlays' teams expect.
+    const debug = options.debug === undefined ? pageDebug() : options.debug;
+    /** Whether this client runs in debug mode (verbose logs, window helpers, indicator shown). */
+    this.debug = !!debug;
+    this._verbose = this.debug;
     this._lastError = null;
     this._m = {
       totalReconnects: 0,
@@ -732,7 +737,7 @@ export class TetherClient extends EventTarget {
     };
     this._onPageHide = () => this._saveCursors();
     this._stored = this._loadCursors();
-    if (options.debug) this._installDebug(options.debug);
+    if (debug) this._installDebug(debug);
   }
 
   // --- public API ------------------------------------------------------------------------
@@ -1331,6 +1336,13 @@ export class TetherClient extends EventTarget {
 
 export function connect(url, options = {}) {
   return new TetherClient(url, options).start();
+}
+
+// True when the page's URL asks for debug mode: ?debug=true (or 1).
+export function pageDebug() {
+  if (typeof location === "undefined") return false;
+  const value = new URLSearchParams(location.search).get("debug");
+  return value === "true" || value === "1";
 }
 
 // The hub's own WebSocket URL for a page it serves.

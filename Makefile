@@ -25,7 +25,7 @@ sysdeps:
 		echo "installing$$missing (apt-get)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; }
 
-# Real react, react-dom and @tanstack/query-core for the browser bridge tests (lockfile-pinned).
+# Real react, react-dom, @tanstack/query-core and solid-js for the browser bridge tests (lockfile-pinned).
 $(JSDEPS): tests/browser/js/package.json tests/browser/js/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }

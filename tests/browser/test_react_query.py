@@ -50,6 +50,7 @@ async def test_react_hooks_render_topic_and_status(
     browser: Browser, site: tuple[HubServer, ChaosProxy]
 ) -> None:
     server, proxy = site
+    await server.hub.publish("odds", {"home": 1.95})  # before the page: rewind shows it
     page = await open_page(browser, server)
     await page.evaluate(
         """async ([url, options]) => {
@@ -60,7 +61,7 @@ async def test_react_hooks_render_topic_and_status(
                 const client = useTether(url, options);
                 window.client = client;
                 const { state } = useTetherStatus(client);
-                const { data, live } = useTopic(client, 'odds');
+                const { data, live } = useTopic(client, 'odds', { rewind: 1 });
                 return h('div', { id: 'odds', 'data-state': state, 'data-live': String(live) },
                          data === undefined ? '-' : String(data.home));
             }
@@ -69,6 +70,7 @@ async def test_react_hooks_render_topic_and_status(
         [f"ws://127.0.0.1:{proxy.port}/ws", SCALED],
     )
     await page.wait_for_selector("#odds[data-state=connected][data-live=true]")
+    await page.wait_for_selector("#odds:has-text('1.95')")  # the current value, at once
     await server.hub.publish("odds", {"home": 2.15})
     await page.wait_for_selector("#odds:has-text('2.15')")
     proxy.refuse()

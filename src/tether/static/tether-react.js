@@ -49,8 +49,9 @@ export function createTetherHooks(React) {
     return useSyncExternalStore(subscribe, snapshot);
   }
 
-  // The latest message of a topic and whether the topic is live (not stale).
-  function useTopic(client, topic, { onMessage } = {}) {
+  // The latest message of a topic and whether the topic is live (not stale); `rewind` as in
+  // subscribe (rewind: 1 shows the current value at once).
+  function useTopic(client, topic, { onMessage, rewind = 0 } = {}) {
     const [value, setValue] = useState({ data: undefined, message: null, live: client.isLive(topic) });
     const handler = useRef(onMessage);
     handler.current = onMessage;
@@ -58,7 +59,7 @@ export function createTetherHooks(React) {
       const off = client.subscribe(topic, (msg) => {
         if (handler.current) handler.current(msg);
         setValue({ data: msg.data, message: msg, live: client.isLive(topic) });
-      });
+      }, { rewind });
       const onTopic = (ev) => {
         if (ev.detail.topic === topic) setValue((v) => ({ ...v, live: ev.detail.live }));
       };
@@ -67,7 +68,7 @@ export function createTetherHooks(React) {
         client.removeEventListener("topicstate", onTopic);
         off();
       };
-    }, [client, topic]);
+    }, [client, topic, rewind]);
     return value;
   }
 

@@ -23,8 +23,10 @@ MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 EventName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Epoch = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Offset = Annotated[int, msgspec.Meta(ge=0)]
-#: A message count a browser can hold exactly (JSON numbers are doubles there).
-Count = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+#: The largest integer a browser holds exactly (JSON numbers are doubles there).
+MAX_COUNT = 2**53 - 1
+#: A message count, bounded so that every client can hold it.
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 
 
 class _Frame(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=False):

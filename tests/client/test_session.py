@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pytest
 
 from tether.client.session import (
     ClientSession,
@@ -361,3 +362,12 @@ def test_a_hub_that_predates_rewind_just_starts_live() -> None:
     old_reply = b'{"type":"subscribed","topic":"t","epoch":"E","head":9,"recovered":true}'
     events, _ = s.receive(old_reply, now=0)
     assert events == [SubscriptionConfirmed("t", True, Cursor(epoch="E", offset=9))]
+
+
+def test_a_rewind_no_hub_would_accept_is_refused_at_the_call() -> None:
+    s = unconnected()
+    for bad in (-1, 2**53):
+        with pytest.raises(ValueError, match="rewind"):
+            s.subscribe("t", rewind=bad)
+    frames = s.connection_opened(now=0)
+    assert not [f for f in frames if json.loads(f)["type"] == "subscribe"]  # nothing tracked

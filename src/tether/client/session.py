@@ -24,6 +24,7 @@ from ..errors import ErrorCode, MessageTooBig, ProtocolError
 from ..outbox import Outbox, OutboxItem
 from ..payload import encode_payload
 from ..protocol import (
+    MAX_COUNT,
     UNDELIVERABLE,
     Ack,
     Authed,
@@ -246,6 +247,8 @@ class ClientSession:
         for the last N messages before live ones while the topic has no cursor (its
         first subscribe, or every one until the hub confirms it); after that, resumes.
         """
+        if not 0 <= rewind <= MAX_COUNT:
+            raise ValueError(f"rewind must be a whole number from 0 to {MAX_COUNT}, not {rewind}")
         sub = self._subs.get(topic)
         if sub is None:
             sub = self._subs[topic] = _Sub(topic, resume, rewind)

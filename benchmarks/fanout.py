@@ -425,16 +425,7 @@ async def _ws_server() -> ServerParts:
     def publish(data: dict[str, Any]) -> None:
         # The same frame shape as Tether's `message`, encoded once, sent as a text frame.
         state["offset"] += 1
-        frame = encoder.encode(
-            {
-                "type": "message",
-                "topic": TOPIC,
-                "epoch": epoch,
-                "offset": state["offset"],
-                "ts": int(time.time() * 1000),
-                "data": data,
-            }
-        )
+        frame = message_json(encoder, epoch, state["offset"], data)
         broadcast(connections, frame, text=True)
 
     def info() -> dict[str, Any]:
@@ -507,18 +498,7 @@ async def _floor_server() -> ServerParts:
 
     def publish(data: dict[str, Any]) -> None:
         state["offset"] += 1
-        wire = ws_frame(
-            encoder.encode(
-                {
-                    "type": "message",
-                    "topic": TOPIC,
-                    "epoch": epoch,
-                    "offset": state["offset"],
-                    "ts": int(time.time() * 1000),
-                    "data": data,
-                }
-            )
-        )
+        wire = ws_frame(message_json(encoder, epoch, state["offset"], data))
         for transport in transports:
             transport.write(wire)
 
@@ -529,14 +509,25 @@ async def _floor_server() -> ServerParts:
     return ServerParts(port, publish, info, server)
 
 
+def message_json(encoder: Any, epoch: str, offset: int, data: dict[str, Any]) -> bytes:
+    """A ``message`` frame of :data:`TOPIC` as Tether's hub encodes it, for the baselines."""
+    message = {
+        "type": "message",
+        "topic": TOPIC,
+        "epoch": epoch,
+        "offset": offset,
+        "ts": int(time.time() * 1000),
+        "data": data,
+    }
+    encoded: bytes = encoder.encode(message)
+    return encoded
+
+
 def ws_frame(payload: bytes) -> bytes:
-    """An unmasked (server-to-client) WebSocket text frame."""
-    n = len(payload)
-    if n < 126:
-        return bytes([0x81, n]) + payload
-    if n < 1 << 16:
-        return bytes([0x81, 126]) + n.to_bytes(2, "big") + payload
-    return bytes([0x81, 127]) + n.to_bytes(8, "big") + payload
+    """An unmasked (server-to-client) WebSocket text frame, framed by ``websockets``."""
+    from websockets.frames import Frame, Opcode
+
+    return Frame(Opcode.TEXT, payload).serialize(mask=False)
 
 
 def _reply(obj: Any) -> None:

@@ -69,6 +69,14 @@ async def test_react_hooks_render_topic_and_status(
         }""",
         [f"ws://127.0.0.1:{proxy.port}/ws", SCALED],
     )
+    await odds_card_follows_the_link(page, server, proxy)
+    await page.close()
+
+
+async def odds_card_follows_the_link(page: Page, server: HubServer, proxy: ChaosProxy) -> None:
+    """What every binding's ``#odds`` card (data-state, data-live, the latest ``home``) must
+    show: the value published before the page at once (rewind 1), live updates, stale and
+    reconnecting through a cut, then the value published meanwhile."""
     await page.wait_for_selector("#odds[data-state=connected][data-live=true]")
     await page.wait_for_selector("#odds:has-text('1.95')")  # the current value, at once
     await server.hub.publish("odds", {"home": 2.15})
@@ -80,7 +88,6 @@ async def test_react_hooks_render_topic_and_status(
     proxy.heal()
     await page.wait_for_selector("#odds[data-state=connected][data-live=true]")
     await page.wait_for_selector("#odds:has-text('2.2')")
-    await page.close()
 
 
 async def test_tanstack_bridge_invalidates_the_right_keys(

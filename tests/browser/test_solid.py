@@ -11,7 +11,10 @@ from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
 from .test_conformance import SCALED, until
-from .test_react_query import site  # noqa: F401 (fixture: the hub plus /npm on one origin)
+from .test_react_query import (
+    odds_card_follows_the_link,
+    site,  # noqa: F401 (fixture: the hub plus /npm on one origin)
+)
 
 IMPORTS = {
     "imports": {
@@ -58,17 +61,7 @@ async def test_solid_signals_render_topic_and_status_and_clean_up(
         }""",
         [f"ws://127.0.0.1:{proxy.port}/ws", SCALED],
     )
-    await page.wait_for_selector("#odds[data-state=connected][data-live=true]")
-    await page.wait_for_selector("#odds:has-text('1.95')")  # the current value, at once
-    await server.hub.publish("odds", {"home": 2.15})
-    await page.wait_for_selector("#odds:has-text('2.15')")
-    proxy.refuse()
-    proxy.cut()
-    await page.wait_for_selector("#odds[data-state=reconnecting][data-live=false]")
-    await server.hub.publish("odds", {"home": 2.2})
-    proxy.heal()
-    await page.wait_for_selector("#odds[data-state=connected][data-live=true]")
-    await page.wait_for_selector("#odds:has-text('2.2')")
+    await odds_card_follows_the_link(page, server, proxy)
 
     # Disposing the owner closes what it opened: the client, and so its connection.
     await page.evaluate("() => window.dispose()")

@@ -80,7 +80,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from tether.backoff import backoff_delay  # noqa: E402
-from tether.client.aio import parse_close_hint  # noqa: E402
+from tether.client.lifecycle import parse_close_hint  # noqa: E402
 from tether.client.session import ClientSession, Delivery, Resync  # noqa: E402
 from tether.config import ClientConfig, OutboxPolicy  # noqa: E402
 from tether.errors import HINTED_CODES  # noqa: E402

@@ -1,7 +1,9 @@
-"""The asyncio client: a thin driver around the sans-I/O session and state machine.
+"""The asyncio client: a thin driver around the sans-I/O session and lifecycle.
 
-It owns the socket (``websockets``), the clock and the timers; every protocol
-decision is made by :class:`~tether.client.session.ClientSession`, and every
+It owns the socket (``websockets``), the clock and the timers. Every protocol
+decision is made by :class:`~tether.client.session.ClientSession` (frames in,
+events and frames out), every connection decision (attempts, backoff, circuit,
+close codes, counters) by :class:`~tether.client.lifecycle.Lifecycle`, and every
 state change goes through :class:`~tether.client.state.StateMachine`'s table.
 """
 
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,12 +23,8 @@ import jwt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from ..backoff import backoff_delay
 from ..config import ClientConfig, from_env
 from ..errors import (
-    AUTH_FAILURE_CODES,
-    HINTED_CODES,
-    NO_RECONNECT_CODES,
     ClientClosed,
     CloseCode,
     MessageDropped,
@@ -39,6 +36,14 @@ from ..errors import (
 )
 from ..outbox import Outbox, OutboxItem
 from ..protocol import PROTOCOL_VERSION, Auth, Cursor, Gap, encode
+from .lifecycle import (
+    Failure,
+    Lifecycle,
+    handshake_closed,
+    handshake_refused,
+    parse_close_hint,
+    refresh_delay,
+)
 from .session import (
     ClientSession,
     Delivery,
@@ -50,7 +55,7 @@ from .session import (
     SubscriptionRefused,
     Welcomed,
 )
-from .state import State, StateMachine, Trigger
+from .state import State
 
 logger = logging.getLogger("tether.client")
 
@@ -89,10 +94,6 @@ CLIENT_ERROR = "client_error"
 #: a hung callback and a burst of errors cannot pile up tasks without bound.
 MAX_ERROR_CALLBACKS = 64
 
-#: Refresh a token once this fraction of its lifetime has passed: early enough to absorb
-#: a slow identity provider and clock skew, late enough not to hammer it.
-REFRESH_AT = 0.8
-
 
 def token_expiry(token: str) -> float | None:
     """The ``exp`` of a JWT, read without verifying it (the hub verifies)."""
@@ -105,12 +106,11 @@ def token_expiry(token: str) -> float | None:
 
 
 class ConnectFailed(TetherError):
-    """An attempt did not produce a usable session; ``hint`` overrides backoff if set."""
+    """An attempt did not produce a usable session (``failure`` says why, for the lifecycle)."""
 
-    def __init__(self, reason: str, *, hint: float | None = None, fatal: bool = False) -> None:
-        super().__init__(reason)
-        self.hint = hint
-        self.fatal = fatal
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,19 +135,6 @@ class ClientMetrics:
     rtt: float | None
     next_retry_in: float | None
     last_error: str | None
-
-
-def parse_close_hint(reason: str) -> float | None:
-    """The ``retry_after_ms`` hint of a 1012/1013 close reason, in seconds."""
-    try:
-        body = json.loads(reason)
-    except ValueError:
-        return None
-    if isinstance(body, dict):
-        value = body.get("retry_after_ms")
-        if isinstance(value, int | float) and 0 <= value <= 3_600_000:
-            return float(value) / 1000
-    return None
 
 
 class _Reconnected:
@@ -198,8 +185,8 @@ class Client:
         self.on_reconnect = on_reconnect
         self.on_resync = on_resync
         self.on_error = on_error
-        self._machine = StateMachine()
-        self._machine.listen(self._state_changed)
+        self._life = Lifecycle(self.config, can_refresh=get_token is not None)
+        self._life.machine.listen(self._state_changed)
         self._session = ClientSession(
             outbox=Outbox(max_size=self.config.outbox_size, policy=self.config.outbox_policy)
         )
@@ -214,25 +201,17 @@ class Client:
         self._ws: ClientConnection | None = None
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._retry_requested = False
         self._state_waiters: list[tuple[set[State], asyncio.Future[State]]] = []
         self._expiry_timer: asyncio.TimerHandle | None = None
         self._pump_timer: asyncio.TimerHandle | None = None
         self._pump_task: asyncio.Future[None] | None = None
-        self._connected_at = 0.0
         self._next_attempt_at: float | None = None
-        # Counters (the rest live in the session).
-        self._attempts = 0
-        self._total_reconnects = 0
-        self._failed_reconnects = 0
-        self._successful_connects = 0
-        self._heartbeat_failures = 0
-        self._circuit_trips = 0
-        self._last_error: str | None = None
+        #: The last client-side failure that is not a connection's (see _internal_error).
+        self._client_error: str | None = None
 
     def __repr__(self) -> str:
         return (
-            f"<Client {self.url} state={self.state.value} attempts={self._attempts} "
+            f"<Client {self.url} state={self.state.value} attempts={self._life.attempts} "
             f"topics={len(self._handlers)} outbox={len(self._session.outbox)}>"
         )
 
@@ -240,23 +219,24 @@ class Client:
 
     @property
     def state(self) -> State:
-        return self._machine.state
+        return self._life.state
 
     @property
     def metrics(self) -> ClientMetrics:
         c = self._session.counters
+        life = self._life
         now = time.monotonic()
         next_in = None
         if self._next_attempt_at is not None:
             next_in = max(0.0, self._next_attempt_at - now)
         return ClientMetrics(
             state=self.state,
-            reconnect_attempts=self._attempts,
-            total_reconnects=self._total_reconnects,
-            failed_reconnects=self._failed_reconnects,
-            successful_connects=self._successful_connects,
-            heartbeat_failures=self._heartbeat_failures,
-            circuit_breaker_trips=self._circuit_trips,
+            reconnect_attempts=life.attempts,
+            total_reconnects=life.total_reconnects,
+            failed_reconnects=life.failed_reconnects,
+            successful_connects=life.successful_connects,
+            heartbeat_failures=life.heartbeat_failures,
+            circuit_breaker_trips=life.circuit_trips,
             last_heartbeat=None
             if c.last_heartbeat is None
             else time.time() - (now - c.last_heartbeat),
@@ -269,7 +249,7 @@ class Client:
             outbox_size=len(self._session.outbox),
             rtt=c.rtt,
             next_retry_in=next_in,
-            last_error=self._last_error,
+            last_error=self._client_error or life.last_error,
         )
 
     def cursor(self, topic: str) -> Cursor | None:
@@ -288,7 +268,7 @@ class Client:
         """Start connecting in the background (returns at once)."""
         if self._task is not None:
             return
-        self._machine.fire(Trigger.START)
+        self._life.start()
         loop = asyncio.get_running_loop()
         self._start_dispatcher()
         self._task = loop.create_task(self._run(), name="tether-client")
@@ -382,7 +362,7 @@ class Client:
         """Reconnect now, whatever the state (resets the retry counter and the circuit)."""
         if self.state is State.CLOSED:
             raise ClientClosed("client is closed")
-        self._retry_requested = True
+        self._life.request_retry()
         self._wake.set()
         if self._ws is not None:
             self._ws.transport.abort()
@@ -396,7 +376,7 @@ class Client:
         """Close for good: the connection with 1000, pending sends with ``ClientClosed``."""
         if self.state is State.CLOSED:
             return
-        self._machine.fire(Trigger.CLOSE)
+        self._life.close()
         self._wake.set()
         ws = self._ws
         if ws is not None:
@@ -488,10 +468,12 @@ class Client:
             except Exception:
                 logger.exception("on_state_change callback failed")
 
-    async def _sleep(self, delay: float) -> None:
-        """Sleep ``delay`` seconds, or until reconnect()/close() wakes the loop."""
+    async def _sleep(self, delay: float | None) -> None:
+        """Sleep ``delay`` seconds (``None``: until woken), or until reconnect()/close()."""
         self._wake.clear()
-        self._next_attempt_at = time.monotonic() + delay
+        if self._life.retry_requested or self.state is State.CLOSED:
+            return
+        self._next_attempt_at = None if delay is None else time.monotonic() + delay
         try:
             async with asyncio.timeout(delay):
                 await self._wake.wait()
@@ -500,85 +482,30 @@ class Client:
         finally:
             self._next_attempt_at = None
 
-    def _take_retry(self) -> bool:
-        if not self._retry_requested:
-            return False
-        self._retry_requested = False
-        self._attempts = 0
-        self._machine.fire(Trigger.RETRY)
-        return True
-
     async def _run(self) -> None:
+        # The loop of tether.client.lifecycle's theory of operation.
+        attempt = True
         while self.state is not State.CLOSED:
-            if self._take_retry():
-                continue
-            if self.state is State.FAILED:
-                await self._sleep(self.config.circuit_cooldown)
-                if self.state is State.FAILED and not self._retry_requested:
-                    self._machine.fire(Trigger.PROBE)
-                continue
-            if self.state is State.DISCONNECTED:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            try:
-                delay = await self._attempt()
-            except Exception:
-                logger.exception("internal error in a connection attempt; retrying")
-                self._internal_error("connection loop")
-                delay = self._attempt_crashed()
-            waiting = self.state in (State.RECONNECTING, State.CONNECTING)
-            if delay is not None and waiting and not self._retry_requested:
-                await self._sleep(delay)
+            delay = None
+            if attempt:
+                try:
+                    delay = await self._attempt()
+                except Exception:
+                    logger.exception("internal error in a connection attempt; retrying")
+                    self._internal_error("connection loop")
+                    delay = self._life.crashed()
+            await self._sleep(delay)
+            attempt = self._life.wake()
 
     async def _attempt(self) -> float | None:
         """One attempt (and the session if it opens); returns the delay before the next."""
-        self._attempts += 1
+        self._life.begin_attempt()
         try:
             ws = await self._open()
         except ConnectFailed as exc:
-            self._last_error = str(exc)
-            logger.info("connect attempt %d failed: %s", self._attempts, exc)
-            if self.state is State.CLOSED:
-                return None
-            self._failed_reconnects += 1
-            if exc.fatal or self._attempts >= self.config.max_attempts:
-                self._trip()
-                return None
-            self._machine.fire(Trigger.ATTEMPT_FAILED)
-            return exc.hint if exc.hint is not None else self._backoff()
+            logger.info("connect attempt %d failed: %s", self._life.attempts, exc)
+            return self._life.attempt_failed(exc.failure)
         return await self._serve(ws)
-
-    def _attempt_crashed(self) -> float | None:
-        """After a bug in :meth:`_attempt`: count it as a failed attempt, then back off."""
-        if self.state is State.CLOSED or self._retry_requested:
-            return None
-        if self.state is State.CONNECTED:
-            self._machine.fire(Trigger.DROPPED)
-            return self._backoff()
-        self._failed_reconnects += 1
-        if self._attempts >= self.config.max_attempts:
-            self._trip()
-            return None
-        self._machine.fire(Trigger.ATTEMPT_FAILED)
-        return self._backoff()
-
-    def _trip(self) -> None:
-        self._circuit_trips += 1
-        self._machine.fire(Trigger.GAVE_UP)
-
-    def _backoff(self) -> float:
-        # Ceiling base after a drop from a stable connection, doubling with each failed attempt.
-        c = self.config
-        return backoff_delay(
-            self._attempts,
-            base=c.backoff_base,
-            factor=c.backoff_factor,
-            cap=c.backoff_cap,
-            jitter=c.jitter,
-            ratio=c.jitter_ratio,
-            seconds=c.jitter_seconds,
-        )
 
     async def _fresh_token(self) -> str | None:
         if self.get_token is not None:
@@ -608,51 +535,37 @@ class Client:
                 except ConnectionClosed as exc:
                     raise self._closed_failure(exc.rcvd.code if exc.rcvd else 1006, exc) from None
         except InvalidStatus as exc:
-            status = exc.response.status_code
-            retry_after = exc.response.headers.get("Retry-After")
-            hint = float(retry_after) if retry_after and retry_after.isdigit() else None
-            fatal = status in (401, 403) and self.get_token is None
-            raise ConnectFailed(
-                f"handshake refused: HTTP {status}", hint=hint, fatal=fatal
-            ) from None
+            failure = handshake_refused(
+                exc.response.status_code,
+                exc.response.headers.get("Retry-After"),
+                can_refresh=self.get_token is not None,
+            )
+            raise ConnectFailed(failure) from None
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from None
+            raise ConnectFailed(Failure(f"{type(exc).__name__}: {exc}")) from None
         events, _ = self._session.receive(raw, now=time.monotonic())
         if not any(isinstance(e, Welcomed) for e in events):
             await ws.close(CloseCode.PROTOCOL_ERROR, "expected welcome")
-            raise ConnectFailed("hub did not start with a welcome frame")
+            raise ConnectFailed(Failure("hub did not start with a welcome frame"))
         welcome = next(e.welcome for e in events if isinstance(e, Welcomed))
         if welcome.version != PROTOCOL_VERSION:
             await ws.close(CloseCode.PROTOCOL_ERROR, "unsupported protocol version")
-            raise ConnectFailed(f"hub speaks protocol {welcome.version}", fatal=True)
+            raise ConnectFailed(Failure(f"hub speaks protocol {welcome.version}", fatal=True))
         needed = welcome.limits.max_frame_bytes + ENVELOPE_ALLOWANCE
         ws.protocol.max_message_size = min(MAX_INBOUND_CEILING, max(MAX_INBOUND_FRAME, needed))
         return ws
 
     def _closed_failure(self, code: int, exc: ConnectionClosed) -> ConnectFailed:
         reason = exc.rcvd.reason if exc.rcvd else ""
-        hint = parse_close_hint(reason) if code in HINTED_CODES else None
-        # With a token source an auth failure is retried (with backoff and a fresh token);
-        # without one, retrying could only fail the same way: stop.
-        fatal = code in AUTH_FAILURE_CODES and self.get_token is None
-        return ConnectFailed(f"closed during handshake: {code} {reason}", hint=hint, fatal=fatal)
+        return ConnectFailed(handshake_closed(code, reason, can_refresh=self.get_token is not None))
 
     async def _serve(self, ws: ClientConnection) -> float | None:
         """Run an open connection until it ends; returns the delay before reconnecting."""
-        reconnect = self._machine.ever_connected
-        self._ws = ws
-        self._connected_at = time.monotonic()
-        self._successful_connects += 1
-        if reconnect:
-            self._total_reconnects += 1
-        else:
-            # The first connection is not a reconnect: nothing to back off from yet (the
-            # stable-period rule guards reconnects to a hub that accepts, then crashes).
-            self._attempts = 0
         if self.state is State.CLOSED:
             await ws.close(CloseCode.NORMAL, "client closed")
             return None
-        self._machine.fire(Trigger.OPENED)
+        self._ws = ws
+        reconnect = self._life.opened(now=time.monotonic())
         frames = self._session.connection_opened(now=time.monotonic())
         refused, self._session.refused = self._session.refused, []
         for item in refused:
@@ -696,60 +609,42 @@ class Client:
 
     def _after_close(self, ws: ClientConnection) -> float | None:
         rcvd = ws.protocol.close_rcvd
-        code = rcvd.code if rcvd is not None else 1006
+        code = rcvd.code if rcvd is not None else CloseCode.ABNORMAL
         reason = rcvd.reason if rcvd is not None else "connection lost"
-        self._last_error = f"{code} {reason}".strip()
-        logger.info("connection closed: %s", self._last_error)
-        if self.state is State.CLOSED or self._retry_requested:
-            return None
-        if time.monotonic() - self._connected_at >= self.config.stable_after:
-            self._attempts = 0
-        if code in AUTH_FAILURE_CODES and self.get_token is None:
-            self._trip()
-            return None
-        if code in NO_RECONNECT_CODES:
-            self._machine.fire(Trigger.ENDED)
-            return None
-        self._machine.fire(Trigger.DROPPED)
-        if code in HINTED_CODES:
-            hint = parse_close_hint(reason)
-            if hint is not None:
-                return hint
-        return self._backoff()
+        logger.info("connection closed: %s %s", code, reason)
+        return self._life.closed(code, reason, now=time.monotonic())
 
     async def _refresh_token(self, ws: ClientConnection) -> None:
         """Send a fresh token before the current one expires (no reconnect needed)."""
+        failed = False
         while self.get_token is not None and self._token:
             expires = token_expiry(self._token)
             if expires is None:
                 return
-            lifetime = max(0.0, expires - time.time())
-            await asyncio.sleep(lifetime * REFRESH_AT)
+            await asyncio.sleep(refresh_delay(expires, time.time(), failed=failed))
             try:
                 token = await self._fresh_token()
             except Exception:
                 logger.exception("get_token failed; retrying in a moment")
-                await asyncio.sleep(min(5.0, max(0.1, lifetime * (1 - REFRESH_AT) / 4)))
+                failed = True
                 continue
+            failed = False
             if token:
                 await self._write([encode(Auth(token=token))], ws=ws)
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         while True:
             now = time.monotonic()
-            if self._attempts and now - self._connected_at >= self.config.stable_after:
-                self._attempts = 0
+            stable_check = self._life.stable(now=now)
             poll = self._session.poll(now=now)
             if poll.dead:
-                self._heartbeat_failures += 1
+                self._life.heartbeat_failed()
                 logger.warning("heartbeat deadline passed: connection presumed dead")
                 ws.transport.abort()
                 return
             if poll.frames:
                 await self._write(poll.frames, ws=ws)
-            wake = poll.wake_at
-            if self._attempts:
-                wake = min(wake, self._connected_at + self.config.stable_after)
+            wake = poll.wake_at if stable_check is None else min(poll.wake_at, stable_check)
             await asyncio.sleep(max(0.0, wake - time.monotonic()))
 
     async def _write(self, frames: list[bytes], *, ws: ClientConnection | None = None) -> None:
@@ -881,8 +776,8 @@ class Client:
 
     def _internal_error(self, where: str) -> None:
         """A bug in the client (already logged with its traceback): tell the app."""
-        self._last_error = f"internal error in the {where} (see the log)"
-        self._report_error(CLIENT_ERROR, self._last_error)
+        self._client_error = f"internal error in the {where} (see the log)"
+        self._report_error(CLIENT_ERROR, self._client_error)
 
     def _supervised(
         self, coro: Awaitable[None], ws: ClientConnection, name: str

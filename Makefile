@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck sysdeps bench clean
+.PHONY: demo test lint typecheck sysdeps bench clean constants
 JSDEPS := tests/browser/js/node_modules/.installed-stamp
 
 $(STAMP): pyproject.toml
@@ -36,6 +36,11 @@ $(JSDEPS): tests/browser/js/package.json tests/browser/js/package-lock.json
 DEMO_PORT ?= 8765
 demo: $(STAMP)
 	$(VENV)/bin/tether demo --port $(DEMO_PORT)
+
+# The browser client's shared constants, generated from the Python source (tests/test_jsgen.py
+# fails when they are stale).
+constants: $(STAMP)
+	$(PY) -m tether.jsgen
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -31,7 +31,11 @@ class ErrorCode(enum.StrEnum):
 
 
 class CloseCode(enum.IntEnum):
-    """WebSocket close codes the hub uses, and what each means to a client."""
+    """WebSocket close codes of the protocol (docs/protocol.md, Close codes).
+
+    The hub sends 1000-4008 and each tells a client what to do; a client sends 1000,
+    ``DROPPED`` and ``PROTOCOL_MISMATCH`` (a browser may send only 1000 and 3000-4999).
+    """
 
     NORMAL = 1000
     GOING_AWAY = 1001
@@ -43,6 +47,10 @@ class CloseCode(enum.IntEnum):
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     SLOW_CONSUMER = 4008
+    #: Client-sent: it abandons a connection it no longer trusts (the reason says why).
+    DROPPED = 4000
+    #: Client-sent: the hub's first frame was not a ``welcome`` of a version it speaks.
+    PROTOCOL_MISMATCH = 4002
 
 
 #: Close codes after which a client must not reconnect on its own.

@@ -17,7 +17,7 @@ SCRIPT = """async (steps) => {
     const out = [];
     for (const [kind, at] of steps) {
         if (kind === 'poll') {
-            const r = s.poll(at, 5);
+            const r = s.poll(at);
             out.push({ at, dead: r.dead, pings: r.frames.length });
         } else {
             s.receive(JSON.stringify({ type: 'ping', ts: 1 }), at);

@@ -157,7 +157,7 @@ async def test_s05_restart_gap(page: Page, start_hub: StartHub) -> None:
         await second.hub.publish("t", n)
     await until(lambda: _count(client, "t", 8), what="new epoch")
     rec = await client.rec()
-    assert rec["resyncs"] == [["t", [{"epoch": old_epoch, "from": 6, "to": None}]]]
+    assert rec["resyncs"] == [["t", [{"epoch": old_epoch, "from": 6, "to": None, "reason": None}]]]
     assert [d["offset"] for d in rec["deliveries"][5:]] == [1, 2, 3]
 
 
@@ -177,7 +177,7 @@ async def test_s06_history_too_short(page: Page, start_hub: StartHub) -> None:
     proxy.heal()
     await until(lambda: _count(client, "t", 7), what="retained history")
     rec = await client.rec()
-    assert rec["resyncs"] == [["t", [{"epoch": epoch, "from": 3, "to": 15}]]]
+    assert rec["resyncs"] == [["t", [{"epoch": epoch, "from": 3, "to": 15, "reason": None}]]]
     assert await client.offsets("t") == [1, 2, 16, 17, 18, 19, 20]
     await proxy.stop()
 

@@ -545,11 +545,11 @@ class Client:
             raise ConnectFailed(Failure(f"{type(exc).__name__}: {exc}")) from None
         events, _ = self._session.receive(raw, now=time.monotonic())
         if not any(isinstance(e, Welcomed) for e in events):
-            await ws.close(CloseCode.PROTOCOL_ERROR, "expected welcome")
+            await ws.close(CloseCode.PROTOCOL_MISMATCH, "expected welcome")
             raise ConnectFailed(Failure("hub did not start with a welcome frame"))
         welcome = next(e.welcome for e in events if isinstance(e, Welcomed))
         if welcome.version != PROTOCOL_VERSION:
-            await ws.close(CloseCode.PROTOCOL_ERROR, "unsupported protocol version")
+            await ws.close(CloseCode.PROTOCOL_MISMATCH, "unsupported protocol version")
             raise ConnectFailed(Failure(f"hub speaks protocol {welcome.version}", fatal=True))
         needed = welcome.limits.max_frame_bytes + ENVELOPE_ALLOWANCE
         ws.protocol.max_message_size = min(MAX_INBOUND_CEILING, max(MAX_INBOUND_FRAME, needed))

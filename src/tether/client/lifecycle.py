@@ -170,6 +170,7 @@ class Lifecycle:
         """The hub welcomed us; returns whether this is a *re*connect (``on_reconnect``)."""
         reconnect = self.machine.ever_connected
         self.connected_at = now
+        self.retry_requested = False  # a reconnect() during this attempt: it has happened
         self.successful_connects += 1
         if reconnect:
             self.total_reconnects += 1

@@ -397,9 +397,23 @@ class ClientSession:
         if now >= self._next_ping:
             result.frames.append(encode(Ping(ts=int(now * 1000))))
             self._next_ping = now + self.heartbeat_interval
-        result.wake_at = min(self._next_ping, self._probe_deadline or deadline)
+        probe_deadline = self._probe_deadline
+        result.wake_at = min(
+            self._next_ping, deadline if probe_deadline is None else probe_deadline
+        )
         self._poll_due = result.wake_at
         return result
+
+    def probe(self, *, now: float) -> list[bytes]:
+        """An explicit liveness check (the network came back, the machine woke): ping, and
+        the link is dead if nothing arrives within ``heartbeat_timeout``. Returns the frames
+        to write; call :meth:`poll` next at the probe's deadline."""
+        if not self.connected:
+            return []
+        self._probe_sent = now
+        self._probe_deadline = now + self.heartbeat_timeout
+        self._next_ping = now + self.heartbeat_interval
+        return [encode(Ping(ts=int(now * 1000)))]
 
     # --- inbound ------------------------------------------------------------------------
 

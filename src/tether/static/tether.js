@@ -1,4 +1,4 @@
-// Tether browser client — protocol v1 (docs/protocol.md). One dependency-free ES module.
+// Tether browser client — protocol v1 (docs/protocol.md). Dependency-free ES modules.
 //
 //   import { connect } from "/tether.js";
 //   const client = connect("ws://127.0.0.1:8765/ws", { onResync: (topic, missing) => refetch(topic) });
@@ -12,648 +12,44 @@
 //
 // Theory of operation
 // -------------------
-// `Session` is the protocol logic without I/O (frames in, events and frames out),
-// a line-by-line twin of tether/client/session.py. `StateMachine` applies the one
-// transition table (TRANSITIONS, identical to tether/client/state.py). `TetherClient`
-// is the driver: it owns the WebSocket, the timers and the browser signals
-// (online/offline, tab visibility), and reports through callbacks and DOM events.
+// Three modules, no build step. tether-constants.js is generated from the Python source
+// (defaults, codes, the transition table, the hub's frame schema). tether-core.js holds
+// every decision without I/O: `Session` (frames in, events and frames out), `Lifecycle`
+// (attempts, backoff, circuit, close codes, counters) and `StateMachine`, twins of
+// tether/client/session.py, lifecycle.py and state.py, checked against the same golden
+// vectors (tests/vectors/). This module is the driver: it owns the WebSocket, the timers
+// and the browser signals (online/offline, tab visibility), follows the loop in
+// tether/client/lifecycle.py's theory of operation, and reports through callbacks and
+// DOM events. It re-exports both modules, so `import ... from "/tether.js"` is all a page needs.
 
-export const PROTOCOL_VERSION = 1;
+import {
+  CLIENT_ERROR,
+  CloseCode,
+  DEFAULTS,
+  INBOX_SIZE,
+  PROTOCOL_VERSION,
+  State,
+  SUBPROTOCOL,
+  TOKEN_SUBPROTOCOL_PREFIX,
+} from "./tether-constants.js";
+import {
+  ClientClosed,
+  Lifecycle,
+  MessageDropped,
+  MessageExpired,
+  MessageTooBig,
+  NackError,
+  Outbox,
+  Session,
+  checkJitter,
+  failure,
+  handshakeClosed,
+  refreshDelay,
+} from "./tether-core.js";
 
-// Kept equal to tether.config.ClientConfig by tests/browser/test_js_parity.py.
-export const DEFAULTS = Object.freeze({
-  backoffBase: 1.0,
-  backoffFactor: 2.0,
-  backoffCap: 30.0,
-  jitter: "full",
-  jitterRatio: 0.3,
-  jitterSeconds: 0.5,
-  maxAttempts: 10,
-  connectTimeout: 10.0,
-  stableAfter: 30.0,
-  circuitCooldown: 60.0,
-  outboxSize: 1000,
-  outboxPolicy: "reject-new",
-  outboxTtl: 120.0,
-});
+export * from "./tether-constants.js";
+export * from "./tether-core.js";
 
-// --- state machine (see tether/client/state.py for the theory) -----------------------------
-
-export const State = Object.freeze({
-  DISCONNECTED: "disconnected",
-  CONNECTING: "connecting",
-  CONNECTED: "connected",
-  RECONNECTING: "reconnecting",
-  FAILED: "failed",
-  CLOSED: "closed",
-});
-
-export const Trigger = Object.freeze({
-  START: "start",
-  OPENED: "opened",
-  ATTEMPT_FAILED: "attempt_failed",
-  DROPPED: "dropped",
-  GAVE_UP: "gave_up",
-  PROBE: "probe",
-  ENDED: "ended",
-  RETRY: "retry",
-  CLOSE: "close",
-});
-
-export const TRANSITIONS = Object.freeze({
-  disconnected: { start: "connecting", retry: "connecting", close: "closed" },
-  connecting: {
-    opened: "connected",
-    attempt_failed: "reconnecting",
-    gave_up: "failed",
-    retry: "connecting",
-    close: "closed",
-  },
-  connected: {
-    dropped: "reconnecting",
-    gave_up: "failed",
-    ended: "disconnected",
-    retry: "reconnecting",
-    close: "closed",
-  },
-  reconnecting: {
-    opened: "connected",
-    attempt_failed: "reconnecting",
-    gave_up: "failed",
-    retry: "reconnecting",
-    close: "closed",
-  },
-  failed: { probe: "reconnecting", retry: "reconnecting", close: "closed" },
-  closed: {},
-});
-
-export class TetherError extends Error {
-  constructor(message, code) {
-    super(message);
-    this.name = this.constructor.name;
-    if (code !== undefined) this.code = code;
-  }
-}
-export class IllegalTransition extends TetherError {}
-export class NackError extends TetherError {}
-export class OutboxFull extends TetherError {}
-export class MessageExpired extends TetherError {}
-export class MessageDropped extends TetherError {}
-// A client message larger than the hub's max_frame_bytes (it would be closed 1009, and re-sent
-// after every reconnect).
-export class MessageTooBig extends TetherError {}
-export class ClientClosed extends TetherError {}
-
-export class StateMachine {
-  constructor() {
-    this.state = State.DISCONNECTED;
-    this.everConnected = false;
-    this._listeners = [];
-  }
-  listen(fn) {
-    this._listeners.push(fn);
-  }
-  can(trigger) {
-    return trigger in TRANSITIONS[this.state];
-  }
-  fire(trigger) {
-    const next = TRANSITIONS[this.state][trigger];
-    if (next === undefined) {
-      throw new IllegalTransition(`'${trigger}' is not allowed in state '${this.state}'`);
-    }
-    const old = this.state;
-    this.state = next;
-    if (next === State.CONNECTED) this.everConnected = true;
-    if (next !== old) for (const fn of [...this._listeners]) fn(old, next);
-    return next;
-  }
-}
-
-// --- backoff: full jitter by default (tether/backoff.py) ----------------------------------
-
-export const Jitter = Object.freeze({ FULL: "full", PROPORTIONAL: "proportional", ABSOLUTE: "absolute" });
-
-export function checkJitter({ jitter = Jitter.FULL, ratio = 0, seconds = 0 }) {
-  if (!Object.values(Jitter).includes(jitter)) throw new RangeError(`jitter must be one of ${Object.values(Jitter).join(", ")}, not ${jitter}`);
-  if (!(ratio >= 0 && ratio <= 1)) throw new RangeError(`jitterRatio must be between 0 and 1, not ${ratio}`);
-  if (!(seconds >= 0 && seconds < Infinity)) throw new RangeError(`jitterSeconds must be 0 or more, not ${seconds}`);
-}
-
-export function backoffCeiling(attempt, { base, factor, cap }) {
-  if (attempt < 0) throw new RangeError("attempt must be >= 0");
-  if (base <= 0 || cap <= 0) return 0;
-  if (factor <= 1) return Math.min(cap, base);
-  if (attempt * Math.log(factor) >= Math.log(cap / base)) return cap;
-  return Math.min(cap, base * factor ** attempt);
-}
-
-// opts: { base, factor, cap, jitter, ratio, seconds }, as backoff_delay's keywords.
-export function backoffDelay(attempt, opts, rand = Math.random()) {
-  if (!(rand >= 0 && rand < 1)) throw new RangeError("rand must be in [0, 1)");
-  checkJitter(opts);
-  const ceiling = backoffCeiling(attempt, opts);
-  const jitter = opts.jitter || Jitter.FULL;
-  if (jitter === Jitter.FULL) return rand * ceiling;
-  const spread = jitter === Jitter.PROPORTIONAL ? ceiling * opts.ratio : opts.seconds;
-  return Math.min(Math.max(opts.cap, 0), Math.max(0, ceiling + spread * (2 * rand - 1)));
-}
-
-// --- outbox (tether/outbox.py) -------------------------------------------------------------
-
-class Outbox {
-  constructor(maxSize, policy) {
-    this.maxSize = maxSize;
-    this.policy = policy;
-    this.items = new Map(); // id -> item, insertion order = send order
-  }
-  get size() {
-    return this.items.size;
-  }
-  add(item) {
-    const displaced = [];
-    if (this.policy === "coalesce-by-key" && item.key != null) {
-      for (const old of this.items.values()) {
-        // Never written only: once written the hub may have run it (an ack lost with
-        // the connection), so dropping it would report a loss that did not happen.
-        if (old.key === item.key && !old.written) {
-          displaced.push(old);
-          this.items.delete(old.id);
-          break;
-        }
-      }
-    }
-    if (this.items.size >= this.maxSize) {
-      if (this.policy === "drop-oldest") {
-        const oldest = this.items.values().next().value;
-        this.items.delete(oldest.id);
-        displaced.push(oldest);
-      } else {
-        throw new OutboxFull(`outbox full (${this.maxSize} messages, policy ${this.policy})`);
-      }
-    }
-    this.items.set(item.id, item);
-    return displaced;
-  }
-  resolve(id) {
-    const item = this.items.get(id);
-    if (item) this.items.delete(id);
-    return item;
-  }
-  expire(now) {
-    const dead = [...this.items.values()].filter((i) => i.expiresAt <= now);
-    for (const item of dead) this.items.delete(item.id);
-    return dead;
-  }
-  unsent() {
-    return [...this.items.values()].filter((i) => !i.sent);
-  }
-  markAllUnsent() {
-    for (const item of this.items.values()) item.sent = false;
-  }
-  removeIf(predicate) {
-    const removed = [...this.items.values()].filter(predicate);
-    for (const item of removed) this.items.delete(item.id);
-    return removed;
-  }
-  clear() {
-    const all = [...this.items.values()];
-    this.items.clear();
-    return all;
-  }
-  nextExpiry() {
-    let min = Infinity;
-    for (const item of this.items.values()) min = Math.min(min, item.expiresAt);
-    return min === Infinity ? null : min;
-  }
-}
-
-// --- session: protocol logic without I/O (tether/client/session.py) ------------------------
-
-const utf8 = new TextEncoder();
-
-// Pacing to the hub's advertised inbound rate (tether/client/session.py has the reasons).
-const PACE_RATE_SHARE = 0.9;
-const PACE_BURST_SHARE = 0.5;
-const RETRYABLE = new Set(["rate_limited", "overloaded", "unavailable", "in_progress"]);
-const DEFAULT_RETRY_MS = 1000;
-
-class TokenBucket {
-  constructor(rate, burst, now) {
-    this.rate = rate;
-    this.burst = burst;
-    this.tokens = burst;
-    this.updated = now;
-  }
-  take(now) {
-    this.tokens = Math.min(this.burst, this.tokens + (now - this.updated) * this.rate);
-    this.updated = now;
-    if (this.tokens >= 1) {
-      this.tokens -= 1;
-      return true;
-    }
-    return false;
-  }
-  wait() {
-    return this.tokens >= 1 || this.rate <= 0 ? 0 : (1 - this.tokens) / this.rate;
-  }
-}
-
-// Gap reason of a message that arrived but could not be decoded (docs/protocol.md).
-export const UNDELIVERABLE = "undeliverable";
-// onError code for a bug inside the client itself (tether/client/aio.py: CLIENT_ERROR).
-export const CLIENT_ERROR = "client_error";
-
-// The hub writes a message frame's envelope first, in a fixed order (docs/protocol.md,
-// "Undecodable messages"), so the offset of one whose data can't be parsed is still known.
-const ENVELOPE = /^\{"type":"message","topic":"([A-Za-z0-9_.:\/*-]{1,200})","epoch":"([^"\\]{1,64})","offset":([1-9][0-9]{0,15}),/;
-
-function messageEnvelope(text) {
-  const match = typeof text === "string" ? ENVELOPE.exec(text) : null;
-  return match ? { topic: match[1], epoch: match[2], offset: Number(match[3]) } : null;
-}
-
-function randomHex(bytes) {
-  const a = new Uint8Array(bytes);
-  crypto.getRandomValues(a);
-  return [...a].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-export class Session {
-  constructor({ outbox, heartbeatInterval = 25, heartbeatTimeout = 20 }) {
-    this.outbox = outbox;
-    this.heartbeatInterval = heartbeatInterval;
-    this.heartbeatTimeout = heartbeatTimeout;
-    this.connected = false;
-    this.subs = new Map(); // topic -> {topic, cursor, replayHead, replayEpoch, confirmed}
-    this.counters = {
-      messagesReceived: 0,
-      messagesRecovered: 0,
-      duplicatesDropped: 0,
-      resyncs: 0,
-      undeliverable: 0,
-      protocolErrors: 0,
-      rtt: null,
-      lastHeartbeat: null,
-    };
-    this.idPrefix = randomHex(8);
-    this.nextId = 0;
-    this.lastReceived = 0;
-    this.nextPing = 0;
-    this.lastPoll = null;
-    this.probeDeadline = null;
-    this.maxFrameBytes = null; // the hub's, from welcome
-    this.refused = []; // outbox items too big for the hub, removed at connect
-    this.bucket = null; // the hub's inbound rate, scaled by the PACE_* shares
-    this.paced = []; // subscribe/unsubscribe frames waiting for the bucket, in order
-    this.holdUntil = 0; // after a refusal nothing paced goes before this
-    this.unsubscribing = new Set(); // unsubscribed here, not yet confirmed
-    this.repace = false; // a refusal changed what due() gives; the driver clears it
-  }
-
-  cursor(topic) {
-    const sub = this.subs.get(topic);
-    return sub ? sub.cursor : null;
-  }
-  isLive(topic) {
-    const sub = this.subs.get(topic);
-    return this.connected && !!sub && sub.confirmed;
-  }
-
-  subscribe(topic, resume = null, rewind = 0) {
-    let sub = this.subs.get(topic);
-    if (!sub) {
-      sub = { topic, cursor: resume, rewind, replayHead: 0, replayEpoch: "", confirmed: false };
-      this.subs.set(topic, sub);
-    }
-    return this.connected ? this._subscribeFrame(sub) : null;
-  }
-  unsubscribe(topic) {
-    if (!this.subs.delete(topic) || !this.connected) return null;
-    this.unsubscribing.add(topic);
-    return JSON.stringify({ type: "unsubscribe", topic });
-  }
-  _subscribeFrame(sub) {
-    sub.confirmed = false;
-    const frame = { type: "subscribe", topic: sub.topic };
-    if (sub.cursor) frame.resume = { epoch: sub.cursor.epoch, offset: sub.cursor.offset };
-    else if (sub.rewind) frame.rewind = sub.rewind; // only until the hub gives a cursor
-    return JSON.stringify(frame);
-  }
-
-  newId() {
-    this.nextId += 1;
-    return `${this.idPrefix}-${this.nextId}`;
-  }
-  makeSend(event, data, expiresAt, key = null) {
-    const id = this.newId();
-    const frame = JSON.stringify({ type: "send", id, event, data: data === undefined ? null : data });
-    return { id, frame, expiresAt, key, sent: false, written: false, resolve: null, reject: null };
-  }
-  makePublish(topic, data, expiresAt) {
-    const id = this.newId();
-    const frame = JSON.stringify({ type: "publish", id, topic, data: data === undefined ? null : data });
-    return { id, frame, expiresAt, key: null, sent: false, written: false, resolve: null, reject: null };
-  }
-  // --- pacing (tether/client/session.py: pace, due) ---
-  pace(frames) {
-    if (this.connected) this.paced.push(...frames);
-  }
-  // The paced frames, then the unsent outbox items, that may be written now (marked
-  // written), and when to ask again if some must wait (null: nothing waits).
-  due(now) {
-    if (!this.connected) return { frames: [], wakeAt: null };
-    if (now < this.holdUntil) return { frames: [], wakeAt: this.holdUntil };
-    const frames = [];
-    let unsent = null;
-    for (;;) {
-      let item = null;
-      if (!this.paced.length) {
-        if (unsent === null) unsent = this.outbox.unsent();
-        if (!unsent.length) return { frames, wakeAt: null };
-        item = unsent[0];
-      }
-      if (this.bucket && !this.bucket.take(now)) return { frames, wakeAt: now + this.bucket.wait() };
-      if (item === null) {
-        frames.push(this.paced.shift());
-      } else {
-        unsent.shift();
-        item.sent = item.written = true;
-        frames.push(item.frame);
-      }
-    }
-  }
-  _hold(now, retryAfterMs) {
-    const wait = (retryAfterMs == null ? DEFAULT_RETRY_MS : retryAfterMs) / 1000;
-    this.holdUntil = Math.max(this.holdUntil, now + wait);
-    this.repace = true;
-  }
-  _repaceRefused(topic) {
-    if (topic == null) return;
-    const sub = this.subs.get(topic);
-    if (sub && !sub.confirmed) this.paced.push(this._subscribeFrame(sub));
-    else if (this.unsubscribing.has(topic)) this.paced.push(JSON.stringify({ type: "unsubscribe", topic }));
-  }
-
-  connectionOpened(now) {
-    this.connected = true;
-    this.lastReceived = now;
-    this.nextPing = now + this.heartbeatInterval;
-    this.lastPoll = null;
-    this.probeDeadline = null;
-    this.outbox.markAllUnsent();
-    if (this.maxFrameBytes != null) this.refused.push(...this.outbox.removeIf((i) => !this.fits(i)));
-    this.paced = [...this.subs.values()].map((s) => this._subscribeFrame(s));
-    this.unsubscribing.clear();
-    this.holdUntil = 0;
-    return this.due(now).frames;
-  }
-  // Whether the hub takes this item's frame (UTF-8 bytes against its max_frame_bytes).
-  fits(item) {
-    const limit = this.maxFrameBytes;
-    if (limit == null || item.frame.length * 3 <= limit) return true; // can't exceed: skip encoding
-    return utf8.encode(item.frame).length <= limit;
-  }
-  connectionLost() {
-    this.connected = false;
-    this.paced = []; // never written: connectionOpened rebuilds what is needed
-    for (const sub of this.subs.values()) sub.confirmed = false;
-    this.outbox.markAllUnsent();
-  }
-
-  // Liveness, judged by what arrived. A check that runs late (a throttled background tab)
-  // does not declare the link dead on the spot: it pings and waits heartbeatTimeout for
-  // any frame, because the frames may simply not have been processed yet.
-  poll(now, tick) {
-    const late = this.lastPoll !== null && now - this.lastPoll > 3 * tick;
-    this.lastPoll = now;
-    const result = { frames: [], dead: false };
-    const deadline = this.lastReceived + this.heartbeatInterval + this.heartbeatTimeout;
-    if (this.probeDeadline !== null) {
-      if (this.lastReceived >= this.probeDeadline - this.heartbeatTimeout) {
-        this.probeDeadline = null; // something arrived after the probe: alive
-      } else if (now >= this.probeDeadline) {
-        result.dead = true;
-        return result;
-      }
-    }
-    if (now >= deadline && this.probeDeadline === null) {
-      if (late) {
-        this.probeDeadline = now + this.heartbeatTimeout;
-        result.frames.push(JSON.stringify({ type: "ping", ts: Math.round(now * 1000) }));
-        this.nextPing = now + this.heartbeatInterval;
-        return result;
-      }
-      result.dead = true;
-      return result;
-    }
-    if (now >= this.nextPing) {
-      result.frames.push(JSON.stringify({ type: "ping", ts: Math.round(now * 1000) }));
-      this.nextPing = now + this.heartbeatInterval;
-    }
-    return result;
-  }
-
-  probe(now) {
-    // An explicit liveness check (tab became visible, network came back).
-    if (!this.connected) return [];
-    this.probeDeadline = now + this.heartbeatTimeout;
-    this.lastReceived = Math.min(this.lastReceived, now - 1e-3);
-    return [JSON.stringify({ type: "ping", ts: Math.round(now * 1000) })];
-  }
-
-  receive(text, now) {
-    this.lastReceived = now;
-    let frame;
-    try {
-      frame = JSON.parse(text);
-    } catch (err) {
-      this.counters.protocolErrors += 1;
-      const envelope = messageEnvelope(text);
-      if (envelope) return this._onUndeliverable(envelope, String(err));
-      return { events: [{ kind: "error", code: "invalid_json", message: String(err) }], replies: [] };
-    }
-    if (frame === null || typeof frame !== "object" || typeof frame.type !== "string") {
-      this.counters.protocolErrors += 1;
-      return { events: [{ kind: "error", code: "invalid_frame", message: "not a frame" }], replies: [] };
-    }
-    switch (frame.type) {
-      case "message":
-        return { events: this._onMessage(frame), replies: [] };
-      case "ping":
-        this.counters.lastHeartbeat = now;
-        return { events: [], replies: [JSON.stringify({ type: "pong", ts: frame.ts })] };
-      case "pong":
-        this.counters.rtt = Math.max(0, now - frame.ts / 1000);
-        this.counters.lastHeartbeat = now;
-        return { events: [], replies: [] };
-      case "subscribed":
-        return { events: this._onSubscribed(frame), replies: [] };
-      case "ack":
-      case "nack": {
-        if (frame.type === "nack" && RETRYABLE.has(frame.code)) {
-          const held = this.outbox.items.get(frame.id);
-          if (held) {
-            held.sent = false; // not final: it goes again when the hub says
-            this._hold(now, frame.retry_after_ms);
-          }
-          return { events: [], replies: [] };
-        }
-        const item = this.outbox.resolve(frame.id);
-        if (!item) return { events: [], replies: [] };
-        return {
-          events: [
-            frame.type === "ack"
-              ? { kind: "resolved", item, ok: true, result: frame.result === undefined ? null : frame.result }
-              : { kind: "resolved", item, ok: false, code: frame.code, message: frame.message },
-          ],
-          replies: [],
-        };
-      }
-      case "welcome":
-        this.heartbeatInterval = frame.heartbeat_ms / 1000;
-        this.heartbeatTimeout = frame.heartbeat_timeout_ms / 1000;
-        this.maxFrameBytes = frame.limits ? frame.limits.max_frame_bytes : null;
-        this.bucket = null;
-        if (frame.limits && frame.limits.inbound_rate > 0 && frame.limits.inbound_burst > 0) {
-          this.bucket = new TokenBucket(
-            frame.limits.inbound_rate * PACE_RATE_SHARE,
-            Math.max(1, Math.floor(frame.limits.inbound_burst * PACE_BURST_SHARE)),
-            now,
-          );
-        }
-        this.nextPing = now + this.heartbeatInterval;
-        this.counters.lastHeartbeat = now;
-        return { events: [{ kind: "welcome", welcome: frame }], replies: [] };
-      case "error":
-        if (RETRYABLE.has(frame.code)) {
-          this._hold(now, frame.retry_after_ms);
-          this._repaceRefused(frame.ref ?? null);
-          return { events: [], replies: [] };
-        }
-        if (frame.ref != null && this.subs.has(frame.ref)) {
-          // Final: the hub holds no subscription to this topic; re-subscribing on every
-          // reconnect would only be refused again (tether/client/session.py: the same rule).
-          this.subs.delete(frame.ref);
-          return { events: [{ kind: "refused", topic: frame.ref, code: frame.code, message: frame.message }], replies: [] };
-        }
-        return {
-          events: [{ kind: "error", code: frame.code, message: frame.message, ref: frame.ref ?? null }],
-          replies: [],
-        };
-      case "unsubscribed":
-        this.unsubscribing.delete(frame.topic);
-        return { events: [], replies: [] };
-      case "authed":
-        return { events: [], replies: [] };
-      default:
-        this.counters.protocolErrors += 1;
-        return { events: [{ kind: "error", code: "invalid_frame", message: `unknown type ${frame.type}` }], replies: [] };
-    }
-  }
-
-  _onSubscribed(reply) {
-    const sub = this.subs.get(reply.topic);
-    if (!sub) return [];
-    const resume = sub.cursor;
-    let offset = resume && resume.epoch === reply.epoch ? resume.offset : 0;
-    if (!resume) offset = Math.max(0, reply.head - (reply.rewound || 0)); // a rewind's replay follows the cursor
-    const missing = reply.missing || [];
-    for (const gap of missing) {
-      if (gap.epoch === reply.epoch && gap.from === offset + 1 && gap.to !== null) offset = gap.to;
-    }
-    sub.cursor = { epoch: reply.epoch, offset: Math.min(offset, reply.head) };
-    sub.replayEpoch = reply.epoch;
-    // What a resume replays was recovered; what a rewind replays was never missed.
-    sub.replayHead = resume ? reply.head : sub.cursor.offset;
-    sub.confirmed = true;
-    const events = [{ kind: "confirmed", topic: reply.topic, recovered: reply.recovered, cursor: sub.cursor }];
-    if (missing.length) {
-      this.counters.resyncs += 1;
-      events.push({ kind: "resync", topic: reply.topic, missing, cursor: sub.cursor });
-    }
-    return events;
-  }
-
-  // What is lost between the cursor and `offset` of `epoch`; null: a duplicate.
-  static gapsBefore(cursor, epoch, offset) {
-    if (epoch === cursor.epoch) {
-      if (offset <= cursor.offset) return null;
-      if (offset > cursor.offset + 1) return [{ epoch, from: cursor.offset + 1, to: offset - 1 }];
-      return [];
-    }
-    const missing = [{ epoch: cursor.epoch, from: cursor.offset + 1, to: null }];
-    if (offset > 1) missing.push({ epoch, from: 1, to: offset - 1 });
-    return missing;
-  }
-
-  // A message that arrived but can't be decoded: waiting for it would wait for ever (a
-  // replay brings the same bytes), so report it lost, step over it and tell the hub.
-  _onUndeliverable({ topic, epoch, offset }, why) {
-    const sub = this.subs.get(topic);
-    if (!sub || !sub.cursor) return { events: [], replies: [] };
-    const missing = Session.gapsBefore(sub.cursor, epoch, offset);
-    if (missing === null) {
-      this.counters.duplicatesDropped += 1;
-      return { events: [], replies: [] };
-    }
-    missing.push({ epoch, from: offset, to: offset, reason: UNDELIVERABLE });
-    sub.cursor = { epoch, offset };
-    this.counters.resyncs += 1;
-    this.counters.undeliverable += 1;
-    const report = { type: "undeliverable", topic, epoch, offset, reason: why.slice(0, 200) };
-    return { events: [{ kind: "resync", topic, missing, cursor: sub.cursor }], replies: [JSON.stringify(report)] };
-  }
-
-  _onMessage(msg) {
-    const sub = this.subs.get(msg.topic);
-    if (!sub || !sub.cursor) return [];
-    const missing = Session.gapsBefore(sub.cursor, msg.epoch, msg.offset);
-    if (missing === null) {
-      this.counters.duplicatesDropped += 1;
-      return [];
-    }
-    const events = [];
-    if (missing.length) {
-      this.counters.resyncs += 1;
-      events.push({ kind: "resync", topic: msg.topic, missing, cursor: { epoch: msg.epoch, offset: msg.offset - 1 } });
-    }
-    sub.cursor = { epoch: msg.epoch, offset: msg.offset };
-    const recovered = msg.epoch === sub.replayEpoch && msg.offset <= sub.replayHead;
-    this.counters.messagesReceived += 1;
-    if (recovered) this.counters.messagesRecovered += 1;
-    events.push({
-      kind: "delivery",
-      message: { topic: msg.topic, epoch: msg.epoch, offset: msg.offset, ts: msg.ts, data: msg.data, recovered },
-    });
-    return events;
-  }
-}
-
-// --- close codes (docs/protocol.md) --------------------------------------------------------
-
-export const CloseCode = Object.freeze({
-  NORMAL: 1000,
-  GOING_AWAY: 1001,
-  PROTOCOL_ERROR: 1002,
-  ABNORMAL: 1006,
-  POLICY_VIOLATION: 1008,
-  MESSAGE_TOO_BIG: 1009,
-  INTERNAL_ERROR: 1011,
-  SERVICE_RESTART: 1012,
-  TRY_AGAIN_LATER: 1013,
-  SLOW_CONSUMER: 4008,
-});
-
-export function parseCloseHint(reason) {
-  try {
-    const body = JSON.parse(reason);
-    const ms = body && body.retry_after_ms;
-    if (typeof ms === "number" && ms >= 0 && ms <= 3_600_000) return ms / 1000;
-  } catch {
-    // not a hint: a plain human reason
-  }
-  return null;
-}
 
 // --- the driver ----------------------------------------------------------------------------
 
@@ -664,11 +60,9 @@ const CURSOR_KEY = (url) => `tether:cursors:${url}`;
 // run; 8 covers every hub one dashboard plausibly uses at once.
 const CURSOR_INDEX = "tether:cursors";
 const MAX_CURSOR_SETS = 8;
-// Deliveries wait here, in order, while an async handler runs. Browsers offer no read
-// backpressure on a WebSocket, so this is a hard bound instead: past it the connection is
-// dropped and resumed from the cursor (the hub replays; nothing is lost). Same size as
-// INBOX_SIZE in the Python client.
-const INBOX_SIZE = 1024;
+// Deliveries wait in an inbox of INBOX_SIZE, in order, while an async handler runs.
+// Browsers offer no read backpressure on a WebSocket, so that is a hard bound instead: past
+// it the connection is dropped and resumed from the cursor (the hub replays; nothing is lost).
 
 export class TetherClient extends EventTarget {
   constructor(url, options = {}) {
@@ -696,8 +90,8 @@ export class TetherClient extends EventTarget {
     this.getToken = options.getToken || null;
     this._refreshTimer = null;
     this._storage = options.persistCursors === false ? null : options.storage || safeSessionStorage();
-    this._machine = new StateMachine();
-    this._machine.listen((from, to) => this._stateChanged(from, to));
+    this._life = new Lifecycle(this.config, { canRefresh: !!this.getToken });
+    this._life.machine.listen((from, to) => this._stateChanged(from, to));
     this._session = new Session({
       outbox: new Outbox(this.config.outboxSize, this.config.outboxPolicy),
     });
@@ -706,14 +100,11 @@ export class TetherClient extends EventTarget {
     this._inbox = [];
     this._draining = false;
     this._ws = null;
-    this._attempts = 0;
-    this._connectedAt = 0;
     this._timer = null;
     this._nextAttemptAt = null;
     this._heartbeatTimer = null;
     this._expiryTimer = null;
     this._saveTimer = null;
-    this._retryRequested = false;
     this._opening = false;
     this._started = false;
     // debug: true (helpers at window.tether), a name (helpers at window[name]) or false;
@@ -722,14 +113,7 @@ export class TetherClient extends EventTarget {
     /** Whether this client runs in debug mode (verbose logs, window helpers, indicator shown). */
     this.debug = !!debug;
     this._verbose = this.debug;
-    this._lastError = null;
-    this._m = {
-      totalReconnects: 0,
-      failedReconnects: 0,
-      successfulConnects: 0,
-      heartbeatFailures: 0,
-      circuitBreakerTrips: 0,
-    };
+    this._clientError = null; // the last bug inside the client, shown as lastError
     this._onOnline = () => this._networkBack();
     this._onOffline = () => this._networkGone();
     this._onVisible = () => {
@@ -743,7 +127,7 @@ export class TetherClient extends EventTarget {
   // --- public API ------------------------------------------------------------------------
 
   get state() {
-    return this._machine.state;
+    return this._life.state;
   }
 
   metrics() {
@@ -751,12 +135,12 @@ export class TetherClient extends EventTarget {
     const t = now();
     return {
       state: this.state,
-      reconnectAttempts: this._attempts,
-      totalReconnects: this._m.totalReconnects,
-      failedReconnects: this._m.failedReconnects,
-      successfulConnects: this._m.successfulConnects,
-      heartbeatFailures: this._m.heartbeatFailures,
-      circuitBreakerTrips: this._m.circuitBreakerTrips,
+      reconnectAttempts: this._life.attempts,
+      totalReconnects: this._life.totalReconnects,
+      failedReconnects: this._life.failedReconnects,
+      successfulConnects: this._life.successfulConnects,
+      heartbeatFailures: this._life.heartbeatFailures,
+      circuitBreakerTrips: this._life.circuitTrips,
       lastHeartbeat: c.lastHeartbeat === null ? null : Date.now() - (t - c.lastHeartbeat) * 1000,
       isCircuitOpen: this.state === State.FAILED,
       messagesReceived: c.messagesReceived,
@@ -767,7 +151,7 @@ export class TetherClient extends EventTarget {
       outboxSize: this._session.outbox.size,
       rtt: c.rtt,
       nextRetryIn: this._nextAttemptAt === null ? null : Math.max(0, this._nextAttemptAt - t),
-      lastError: this._lastError,
+      lastError: this._clientError || this._life.lastError,
     };
   }
 
@@ -782,7 +166,7 @@ export class TetherClient extends EventTarget {
   start() {
     if (this._started) return this;
     this._started = true;
-    this._machine.fire(Trigger.START);
+    this._life.start();
     if (typeof window !== "undefined") {
       window.addEventListener("online", this._onOnline);
       window.addEventListener("offline", this._onOffline);
@@ -824,9 +208,9 @@ export class TetherClient extends EventTarget {
 
   reconnect() {
     if (this.state === State.CLOSED) throw new ClientClosed("client is closed");
-    this._retryRequested = true;
+    this._life.requestRetry();
     if (this._ws) this._drop(this._ws, "reconnect requested");
-    else this._runNext();
+    else if (!this._opening) this._schedule(0);
   }
 
   disconnect() {
@@ -836,7 +220,7 @@ export class TetherClient extends EventTarget {
 
   close() {
     if (this.state === State.CLOSED) return;
-    this._machine.fire(Trigger.CLOSE);
+    this._life.close();
     clearTimeout(this._timer);
     clearTimeout(this._heartbeatTimer);
     clearTimeout(this._expiryTimer);
@@ -853,7 +237,7 @@ export class TetherClient extends EventTarget {
     if (ws) {
       detach(ws);
       try {
-        ws.close(1000, "client closed");
+        ws.close(CloseCode.NORMAL, "client closed");
       } catch {
         // already closing
       }
@@ -919,19 +303,18 @@ export class TetherClient extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
-  _runNext(delay = 0) {
+  // Wait `delay` seconds (null: until reconnect()), then wake the lifecycle and attempt if
+  // it says so. reconnect() and the network coming back cut the wait short.
+  _schedule(delay) {
     clearTimeout(this._timer);
+    this._timer = null;
+    this._nextAttemptAt = null;
+    if (delay === null || this.state === State.CLOSED) return;
     this._nextAttemptAt = now() + delay;
     this._timer = setTimeout(() => {
+      this._timer = null;
       this._nextAttemptAt = null;
-      if (this._retryRequested) {
-        this._retryRequested = false;
-        this._attempts = 0;
-        if (this._machine.can(Trigger.RETRY)) this._machine.fire(Trigger.RETRY);
-      } else if (this.state === State.FAILED) {
-        this._machine.fire(Trigger.PROBE);
-      }
-      if (this.state === State.CONNECTING || this.state === State.RECONNECTING) this._attempt();
+      if (this._life.wake()) this._attempt();
     }, delay * 1000);
     this._emit("retry", { in: delay });
   }
@@ -943,17 +326,17 @@ export class TetherClient extends EventTarget {
 
   async _attempt() {
     if (this._ws || this._opening) return;
-    this._attempts += 1;
+    this._life.beginAttempt();
     this._opening = true;
     let ws;
     try {
       const token = await this._freshToken();
       if (this.state === State.CLOSED) return;
       ws = token
-        ? new this._WebSocket(this.url, ["tether.v1", `tether.token.${token}`])
+        ? new this._WebSocket(this.url, [SUBPROTOCOL, `${TOKEN_SUBPROTOCOL_PREFIX}${token}`])
         : new this._WebSocket(this.url);
     } catch (err) {
-      this._attemptFailed(`cannot open: ${err.message}`, null, false);
+      this._attemptFailed(failure(`cannot open: ${err.message}`));
       return;
     } finally {
       this._opening = false;
@@ -977,7 +360,8 @@ export class TetherClient extends EventTarget {
         const welcome = events.find((e) => e.kind === "welcome");
         if (!welcome) return this._drop(ws, "hub did not start with a welcome frame");
         if (welcome.welcome.version !== PROTOCOL_VERSION) {
-          ws.close(1002, "unsupported protocol version");
+          // Not _drop: the close must reach the hub (and then counts as a failed attempt).
+          ws.close(CloseCode.PROTOCOL_MISMATCH, "unsupported protocol version");
           return;
         }
         welcomed = true;
@@ -996,39 +380,13 @@ export class TetherClient extends EventTarget {
     };
   }
 
-  _attemptFailed(reason, hint, fatal) {
-    this._lastError = reason;
-    this._log("info", `connect attempt ${this._attempts} failed: ${reason}`);
-    if (this.state === State.CLOSED) return;
-    if (this._retryRequested) return this._runNext(0);
-    this._m.failedReconnects += 1;
-    if (fatal || this._attempts >= this.config.maxAttempts) {
-      this._m.circuitBreakerTrips += 1;
-      this._machine.fire(Trigger.GAVE_UP);
-      this._runNext(this.config.circuitCooldown);
-      return;
-    }
-    this._machine.fire(Trigger.ATTEMPT_FAILED);
-    this._runNext(hint !== null ? hint : this._backoff());
-  }
-
-  _backoff() {
-    const c = this.config;
-    return backoffDelay(this._attempts, {
-      base: c.backoffBase, factor: c.backoffFactor, cap: c.backoffCap,
-      jitter: c.jitter, ratio: c.jitterRatio, seconds: c.jitterSeconds,
-    });
+  _attemptFailed(why) {
+    this._log("info", `connect attempt ${this._life.attempts} failed: ${why.reason}`);
+    this._schedule(this._life.attemptFailed(why));
   }
 
   _opened(ws) {
-    const reconnect = this._machine.everConnected;
-    this._connectedAt = now();
-    this._m.successfulConnects += 1;
-    if (reconnect) this._m.totalReconnects += 1;
-    // The first connection is not a reconnect: nothing to back off from yet (the
-    // stable-period rule guards reconnects to a hub that accepts, then crashes).
-    else this._attempts = 0;
-    this._machine.fire(Trigger.OPENED);
+    const reconnect = this._life.opened(now());
     const frames = this._session.connectionOpened(now());
     for (const item of this._session.refused.splice(0)) {
       item.reject(new MessageTooBig(`message ${item.id} is larger than the hub takes`));
@@ -1040,21 +398,23 @@ export class TetherClient extends EventTarget {
     this._scheduleRefresh(ws);
   }
 
-  // Send a fresh token at 80% of the current one's lifetime, inside the live connection.
-  _scheduleRefresh(ws) {
+  // Send a fresh token before the current one expires, inside the live connection.
+  _scheduleRefresh(ws, failed = false) {
     clearTimeout(this._refreshTimer);
     const exp = tokenExpiry(this._token);
     if (!this.getToken || exp === null) return;
-    const delay = Math.max(0, (exp - Date.now() / 1000) * 0.8);
+    const delay = refreshDelay(exp, Date.now() / 1000, { failed });
     this._refreshTimer = setTimeout(async () => {
       if (this._ws !== ws) return;
+      let ok = true;
       try {
         const token = await this._freshToken();
         if (this._ws === ws && token) ws.send(JSON.stringify({ type: "auth", token }));
       } catch (err) {
-        this._log("warn", "getToken failed", err);
+        ok = false;
+        this._log("warn", "getToken failed; retrying in a moment", err);
       }
-      this._scheduleRefresh(ws);
+      this._scheduleRefresh(ws, !ok);
     }, delay * 1000);
   }
 
@@ -1098,8 +458,8 @@ export class TetherClient extends EventTarget {
   // dead part hides behind a "connected" state (it reconnects and resumes from cursors).
   _internalError(ws, where, err) {
     console.error(`[tether] internal error in the ${where}; failing the connection`, err);
-    this._lastError = `internal error in the ${where} (see the console)`;
-    this._reportError(CLIENT_ERROR, this._lastError);
+    this._clientError = `internal error in the ${where} (see the console)`;
+    this._reportError(CLIENT_ERROR, this._clientError);
     if (ws) this._drop(ws, `internal error in the ${where}`);
   }
 
@@ -1151,8 +511,10 @@ export class TetherClient extends EventTarget {
     }
   }
 
+  // The session's heartbeat check and the lifecycle's stable-period reset, each run when it
+  // asked to be: a throttled tab's timer fires late, and the session's late rule handles it.
   _heartbeat(ws) {
-    const tick = Math.max(0.05, Math.min(this._session.heartbeatInterval, this._session.heartbeatTimeout) / 4);
+    clearTimeout(this._heartbeatTimer);
     const check = () => {
       try {
         checkOnce();
@@ -1163,18 +525,19 @@ export class TetherClient extends EventTarget {
     const checkOnce = () => {
       if (this._ws !== ws) return;
       const t = now();
-      if (this._attempts && t - this._connectedAt >= this.config.stableAfter) this._attempts = 0;
-      const poll = this._session.poll(t, tick);
+      const stableAt = this._life.stable(t);
+      const poll = this._session.poll(t);
       if (poll.dead) {
-        this._m.heartbeatFailures += 1;
+        this._life.heartbeatFailed();
         this._log("warn", "heartbeat deadline passed: connection presumed dead");
         this._drop(ws, "heartbeat timeout");
         return;
       }
       for (const f of poll.frames) ws.send(f);
-      this._heartbeatTimer = setTimeout(check, tick * 1000);
+      const wakeAt = stableAt === null ? poll.wakeAt : Math.min(poll.wakeAt, stableAt);
+      this._heartbeatTimer = setTimeout(check, Math.max(0, (wakeAt - now()) * 1000));
     };
-    this._heartbeatTimer = setTimeout(check, tick * 1000);
+    check();
   }
 
   // End a socket now, from our side, without waiting for the close handshake (which a
@@ -1183,7 +546,7 @@ export class TetherClient extends EventTarget {
     if (this._ws !== ws) return;
     detach(ws);
     try {
-      ws.close(4000, reason.slice(0, 120));
+      ws.close(CloseCode.DROPPED, reason.slice(0, 120));
     } catch {
       // already closing
     }
@@ -1198,32 +561,12 @@ export class TetherClient extends EventTarget {
     clearTimeout(this._pumpTimer);
     const wasConnected = this.state === State.CONNECTED;
     if (wasConnected) this._session.connectionLost();
-    this._lastError = `${code} ${reason || ""}`.trim();
-    this._log("info", `connection closed: ${this._lastError}`);
-    if (this.state === State.CLOSED) return;
+    this._log("info", `connection closed: ${code} ${reason || ""}`);
     if (!wasConnected) {
-      const hinted = code === CloseCode.SERVICE_RESTART || code === CloseCode.TRY_AGAIN_LATER;
-      // An auth failure is retried (with a fresh token, after backoff) only with getToken.
-      const fatal = code === CloseCode.POLICY_VIOLATION && !this.getToken;
-      this._attemptFailed(this._lastError, hinted ? parseCloseHint(reason) : null, fatal);
+      this._attemptFailed(handshakeClosed(code, reason, { canRefresh: !!this.getToken }));
       return;
     }
-    if (this._retryRequested) return this._runNext(0);
-    if (now() - this._connectedAt >= this.config.stableAfter) this._attempts = 0;
-    if (code === CloseCode.POLICY_VIOLATION && !this.getToken) {
-      this._m.circuitBreakerTrips += 1;
-      this._machine.fire(Trigger.GAVE_UP);
-      this._runNext(this.config.circuitCooldown);
-      return;
-    }
-    if (code === CloseCode.NORMAL) {
-      this._machine.fire(Trigger.ENDED);
-      return;
-    }
-    this._machine.fire(Trigger.DROPPED);
-    const hint =
-      code === CloseCode.SERVICE_RESTART || code === CloseCode.TRY_AGAIN_LATER ? parseCloseHint(reason) : null;
-    this._runNext(hint !== null ? hint : this._backoff());
+    this._schedule(this._life.closed(code, reason, now()));
   }
 
   _pace(frames) {
@@ -1256,11 +599,9 @@ export class TetherClient extends EventTarget {
     // The network (or the tab) is back: check the link now instead of waiting for a timer.
     if (this.state === State.CONNECTED && this._ws) {
       for (const f of this._session.probe(now())) this._ws.send(f);
-    } else if (this.state === State.RECONNECTING || this.state === State.FAILED) {
-      if (!this._ws) {
-        this._attempts = Math.min(this._attempts, this.config.maxAttempts - 1);
-        this._runNext(0);
-      }
+      this._heartbeat(this._ws); // the probe's deadline is sooner than the pending check
+    } else if (!this._ws && !this._opening && this._life.networkBack()) {
+      this._schedule(0);
     }
   }
 

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tether.backoff import Jitter, backoff_ceiling, backoff_delay
-from tether.config import ClientConfig
+from tether.config import ClientConfig, OutboxPolicy
 
 bases = st.floats(min_value=0.001, max_value=60)
 factors = st.floats(min_value=1.0, max_value=10)
@@ -129,3 +129,13 @@ def test_a_jitter_amount_no_mode_can_use_is_refused_where_it_is_configured() -> 
     with pytest.raises(ValueError, match="jitter_seconds"):
         backoff_delay(0, base=1, factor=2, cap=30, jitter=Jitter.ABSOLUTE, seconds=math.nan)
     assert ClientConfig(jitter=Jitter("absolute")).jitter is Jitter.ABSOLUTE
+
+
+def test_a_jitter_mode_given_as_a_string_is_that_mode() -> None:
+    # Found by the golden vectors: "proportional" as a plain str compared unequal to every
+    # member, and backoff fell through to the absolute spread without a word.
+    config = ClientConfig(jitter="proportional", jitter_ratio=0.3)  # type: ignore[arg-type]
+    assert config.jitter is Jitter.PROPORTIONAL
+    assert ClientConfig(outbox_policy="drop-oldest").outbox_policy is OutboxPolicy.DROP_OLDEST  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="jitter must be one of 'full', 'proportional'"):
+        ClientConfig(jitter="wild")  # type: ignore[arg-type]

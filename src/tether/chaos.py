@@ -209,6 +209,15 @@ class ChaosProxy:
         self.stats.stalled += len(relays)
         return len(relays)
 
+    def resume(self) -> int:
+        """Forward again, on the stalled connections too: a network that hung for a while
+        and came back before anyone gave up (nothing was lost, only delayed)."""
+        self.mode = Mode.PASS
+        relays = [relay for relay in self._relays if relay.stalled]
+        for relay in relays:
+            relay.unstall()
+        return len(relays)
+
     def refuse(self) -> None:
         """Reject new connections (existing ones are untouched; ``cut`` them too if needed)."""
         self.mode = Mode.REFUSE

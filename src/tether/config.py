@@ -321,6 +321,17 @@ class ClientConfig:
     )
 
     def __post_init__(self) -> None:
+        # ``ClientConfig(jitter="proportional")`` must mean the mode, not an unknown value
+        # that compares unequal to every member (and silently picks the wrong spread).
+        kinds: dict[str, type[enum.StrEnum]] = {"jitter": Jitter, "outbox_policy": OutboxPolicy}
+        for name, kind in kinds.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                try:
+                    object.__setattr__(self, name, kind(value))
+                except ValueError:
+                    choices = ", ".join(repr(m.value) for m in kind)
+                    raise ValueError(f"{name} must be one of {choices}, not {value!r}") from None
         check_jitter(ratio=self.jitter_ratio, seconds=self.jitter_seconds)
 
 

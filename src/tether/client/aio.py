@@ -172,12 +172,16 @@ class Client:
         token: str | None = None,
         get_token: TokenSource | None = None,
         config: ClientConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
         **options: Any,
     ) -> None:
         """``token`` is sent as ``Authorization: Bearer``; ``get_token`` (sync or async) is
         asked for a fresh one before each connection attempt and before expiry, and lets
-        the client retry after an auth failure (1008) instead of giving up."""
+        the client retry after an auth failure (1008) instead of giving up. ``clock``
+        (monotonic seconds) is what every timer of the client reads: a test can make it
+        jump, as a machine waking from sleep does."""
         self.url = url
+        self._clock = clock
         self._token = token
         self.get_token = get_token
         self.config = config if config is not None else from_env(ClientConfig, **options)
@@ -225,7 +229,7 @@ class Client:
     def metrics(self) -> ClientMetrics:
         c = self._session.counters
         life = self._life
-        now = time.monotonic()
+        now = self._clock()
         next_in = None
         if self._next_attempt_at is not None:
             next_in = max(0.0, self._next_attempt_at - now)
@@ -416,7 +420,7 @@ class Client:
     # --- outbox plumbing ----------------------------------------------------------------
 
     def _expiry(self, ttl: float | None) -> float:
-        return time.monotonic() + (self.config.outbox_ttl if ttl is None else ttl)
+        return self._clock() + (self.config.outbox_ttl if ttl is None else ttl)
 
     async def _submit(self, item: OutboxItem, wait_ack: bool) -> Any:
         if self.state is State.CLOSED:
@@ -446,12 +450,12 @@ class Client:
             self._expiry_timer = None
         if when is not None:
             loop = asyncio.get_running_loop()
-            delay = max(0.0, when - time.monotonic())
+            delay = max(0.0, when - self._clock())
             self._expiry_timer = loop.call_later(delay, self._expire)
 
     def _expire(self) -> None:
         self._expiry_timer = None
-        for item in self._session.outbox.expire(time.monotonic()):
+        for item in self._session.outbox.expire(self._clock()):
             self._fail(item, MessageExpired(f"message {item.id} expired before it was acked"))
         self._schedule_expiry()
 
@@ -473,7 +477,7 @@ class Client:
         self._wake.clear()
         if self._life.retry_requested or self.state is State.CLOSED:
             return
-        self._next_attempt_at = None if delay is None else time.monotonic() + delay
+        self._next_attempt_at = None if delay is None else self._clock() + delay
         try:
             async with asyncio.timeout(delay):
                 await self._wake.wait()
@@ -543,7 +547,7 @@ class Client:
             raise ConnectFailed(failure) from None
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise ConnectFailed(Failure(f"{type(exc).__name__}: {exc}")) from None
-        events, _ = self._session.receive(raw, now=time.monotonic())
+        events, _ = self._session.receive(raw, now=self._clock())
         if not any(isinstance(e, Welcomed) for e in events):
             await ws.close(CloseCode.PROTOCOL_MISMATCH, "expected welcome")
             raise ConnectFailed(Failure("hub did not start with a welcome frame"))
@@ -565,8 +569,8 @@ class Client:
             await ws.close(CloseCode.NORMAL, "client closed")
             return None
         self._ws = ws
-        reconnect = self._life.opened(now=time.monotonic())
-        frames = self._session.connection_opened(now=time.monotonic())
+        reconnect = self._life.opened(now=self._clock())
+        frames = self._session.connection_opened(now=self._clock())
         refused, self._session.refused = self._session.refused, []
         for item in refused:
             self._fail(item, MessageTooBig(f"message {item.id} is larger than the hub takes"))
@@ -579,7 +583,7 @@ class Client:
                 await self._inbox.put(_RECONNECTED)
             while True:
                 raw = await ws.recv(decode=False)
-                events, replies = self._session.receive(raw, now=time.monotonic())
+                events, replies = self._session.receive(raw, now=self._clock())
                 if replies:
                     await self._write(replies, ws=ws)
                 if self._session.repace:  # a refusal: what it held back goes later
@@ -612,7 +616,7 @@ class Client:
         code = rcvd.code if rcvd is not None else CloseCode.ABNORMAL
         reason = rcvd.reason if rcvd is not None else "connection lost"
         logger.info("connection closed: %s %s", code, reason)
-        return self._life.closed(code, reason, now=time.monotonic())
+        return self._life.closed(code, reason, now=self._clock())
 
     async def _refresh_token(self, ws: ClientConnection) -> None:
         """Send a fresh token before the current one expires (no reconnect needed)."""
@@ -634,7 +638,7 @@ class Client:
 
     async def _heartbeat(self, ws: ClientConnection) -> None:
         while True:
-            now = time.monotonic()
+            now = self._clock()
             stable_check = self._life.stable(now=now)
             poll = self._session.poll(now=now)
             if poll.dead:
@@ -645,7 +649,7 @@ class Client:
             if poll.frames:
                 await self._write(poll.frames, ws=ws)
             wake = poll.wake_at if stable_check is None else min(poll.wake_at, stable_check)
-            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+            await asyncio.sleep(max(0.0, wake - self._clock()))
 
     async def _write(self, frames: list[bytes], *, ws: ClientConnection | None = None) -> None:
         """Write these frames now (unpaced: pongs, pings, token refreshes, reports)."""
@@ -661,13 +665,13 @@ class Client:
         if conn is None:
             return
         async with self._write_lock:
-            frames, wake = self._session.due(now=time.monotonic())
+            frames, wake = self._session.due(now=self._clock())
             await self._send_all(conn, frames)
         if self._pump_timer is not None:
             self._pump_timer.cancel()
             self._pump_timer = None
         if wake is not None:
-            delay = max(0.0, wake - time.monotonic())
+            delay = max(0.0, wake - self._clock())
             self._pump_timer = asyncio.get_running_loop().call_later(delay, self._pump_soon)
 
     def _pump_soon(self) -> None:

@@ -18,9 +18,10 @@ from tether import Hub, Incoming
 from tether.chaos import ChaosProxy
 from tether.server.serve import HubServer
 
+from ..conformance.scenarios import scenario
 from ..conftest import RefusingServer, StartHub
 from ..redis_fixtures import BROKERS, hubs_on
-from ..support import BrokenHub, T, bad_message, eventually, hub_options
+from ..support import BrokenHub, Recorder, T, bad_message, eventually, hub_options
 from .conftest import BrowserClient
 
 SCALED = {
@@ -67,6 +68,7 @@ async def started(page: Page, url: str, *topics: str, **options: Any) -> Browser
     return client
 
 
+@scenario(1)
 async def test_s01_first_connect(page: Page, hub_server: HubServer) -> None:
     client = await started(page, hub_server.url, "t")
     rec = await client.rec()
@@ -77,6 +79,7 @@ async def test_s01_first_connect(page: Page, hub_server: HubServer) -> None:
     assert (m["reconnectAttempts"], m["totalReconnects"]) == (0, 0)
 
 
+@scenario(2)
 async def test_s02_cut_resume(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
     client = await started(page, via(proxy), "t")
     total = 200
@@ -109,6 +112,7 @@ async def test_s02_cut_resume(page: Page, hub_server: HubServer, proxy: ChaosPro
     assert cuts >= 3 and rec["reconnects"] >= 3 and rec["resyncs"] == []
 
 
+@scenario(3)
 async def test_s03_zero_before_drop(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
     client = await started(page, via(proxy), "t")
     proxy.refuse()
@@ -123,6 +127,7 @@ async def test_s03_zero_before_drop(page: Page, hub_server: HubServer, proxy: Ch
     assert all(d["recovered"] for d in rec["deliveries"])
 
 
+@scenario(4)
 async def test_s04_half_open(page: Page, start_hub: StartHub) -> None:
     server = await start_hub(heartbeat_interval=2 * T, heartbeat_timeout=2 * T)
     proxy = ChaosProxy(target=("127.0.0.1", server.port))
@@ -144,6 +149,7 @@ async def test_s04_half_open(page: Page, start_hub: StartHub) -> None:
     await proxy.stop()
 
 
+@scenario(5)
 async def test_s05_restart_gap(page: Page, start_hub: StartHub) -> None:
     first = await start_hub()
     client = await started(page, first.url, "t")
@@ -161,6 +167,7 @@ async def test_s05_restart_gap(page: Page, start_hub: StartHub) -> None:
     assert [d["offset"] for d in rec["deliveries"][5:]] == [1, 2, 3]
 
 
+@scenario(6)
 async def test_s06_history_too_short(page: Page, start_hub: StartHub) -> None:
     server = await start_hub(history_size=5)
     proxy = ChaosProxy(target=("127.0.0.1", server.port))
@@ -182,6 +189,7 @@ async def test_s06_history_too_short(page: Page, start_hub: StartHub) -> None:
     await proxy.stop()
 
 
+@scenario(7)
 async def test_s07_outbox_flush(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
     seen: list[Any] = []
 
@@ -204,6 +212,7 @@ async def test_s07_outbox_flush(page: Page, hub_server: HubServer, proxy: ChaosP
     assert results == list(range(1, 11))
 
 
+@scenario(8)
 async def test_s08_retry_dedup(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
     runs: list[str] = []
 
@@ -229,6 +238,7 @@ class FixedHintHub(Hub):
         return json.dumps({"retry_after_ms": self.hint_ms, "message": "server restarting"})
 
 
+@scenario(9)
 async def test_s09_restart_hint(page: Page, start_hub: StartHub) -> None:
     first = await start_hub(FixedHintHub(**hub_options()))
     client = await started(page, first.url, "t", backoffBase=T / 50, backoffCap=T / 50)
@@ -245,6 +255,7 @@ async def test_s09_restart_hint(page: Page, start_hub: StartHub) -> None:
     assert (await client.metrics())["failedReconnects"] == 0
 
 
+@scenario(10)
 async def test_s10_circuit_breaker(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
     client = await started(
         page, via(proxy), "t", maxAttempts=3, circuitCooldown=10 * T, stableAfter=T
@@ -275,6 +286,7 @@ async def test_s10_circuit_breaker(page: Page, hub_server: HubServer, proxy: Cha
     await until(lambda: _is(client, "connected"), timeout=5 * T, what="manual reconnect")
 
 
+@scenario(11)
 async def test_s11_auth_no_loop(page: Page, refusing_server: RefusingServer) -> None:
     client = BrowserClient(page)
     await client.start(refusing_server.url, **{**SCALED, "circuitCooldown": 1000 * T})
@@ -284,7 +296,10 @@ async def test_s11_auth_no_loop(page: Page, refusing_server: RefusingServer) -> 
     assert "1008" in (await client.metrics())["lastError"]
 
 
-async def test_s12_nack_and_connection_survives(page: Page, hub_server: HubServer) -> None:
+@scenario(12)
+async def test_s12_bad_input(page: Page, hub_server: HubServer) -> None:
+    bystander = Recorder(hub_server.url)
+    await bystander.subscribed("t")
     client = await started(page, hub_server.url, "t")
     code = await page.evaluate(
         "() => window.client.send('nobody.listens', {}).then(() => 'ok', (e) => e.code)"
@@ -292,8 +307,13 @@ async def test_s12_nack_and_connection_survives(page: Page, hub_server: HubServe
     assert code == "no_handler"
     await hub_server.hub.publish("t", "still here")
     await until(lambda: _count(client, "t", 1), what="delivery after nack")
+    await until(lambda: bystander.offsets("t") == [1], what="the bystander's delivery")
+    assert await _is(client, "connected")
+    assert (await client.metrics())["totalReconnects"] == 0
+    await bystander.close()
 
 
+@scenario(13)
 async def test_s13_undecodable_message_is_reported_and_stepped_over(
     page: Page, broken_hub: BrokenHub
 ) -> None:
@@ -323,6 +343,7 @@ async def _count(client: BrowserClient, topic: str, n: int) -> bool:
     return len(await client.offsets(topic)) >= n
 
 
+@scenario(14)
 async def test_s14_rewind(page: Page, hub_server: HubServer, proxy: ChaosProxy) -> None:
     hub = hub_server.hub
     for n in range(1, 6):

@@ -240,3 +240,32 @@ async def test_the_hub_heartbeat_loop_is_restarted_if_it_crashes(hub_server: Hub
         await silent.recv()
         await eventually(lambda: hub.stats.internal_errors == 1, what="the crash counted")
         await eventually(lambda: hub.stats.heartbeat_timeouts == 1, what="liveness still checked")
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "invalid_json"),
+        ('{"type":"subscribe","topic":42}', "invalid_frame"),
+        ('{"type":"explode"}', "invalid_frame"),
+        (b"\x00\x01binary", "binary_frame"),
+    ],
+)
+async def test_a_malformed_frame_gets_an_error_and_changes_nothing(
+    hub_server: HubServer, frame: str | bytes, code: str
+) -> None:
+    # The hub's side of conformance scenario 12 (bad-input): any client, not only ours.
+    bystander = Recorder(hub_server.url)
+    await bystander.subscribed("t")
+    async with websockets.connect(hub_server.url) as ws:
+        welcome = json.loads(await ws.recv())
+        assert welcome["type"] == "welcome"
+        await ws.send(frame)
+        error = json.loads(await ws.recv())
+        assert error["type"] == "error" and error["code"] == code and error["message"]
+        # The connection is still usable afterwards.
+        await ws.send('{"type":"ping","ts":1}')
+        assert json.loads(await ws.recv()) == {"type": "pong", "ts": 1}
+    await hub_server.hub.publish("t", "still here")
+    await eventually(lambda: len(bystander.deliveries) == 1, what="bystander delivery")
+    await bystander.close()

@@ -405,6 +405,12 @@ export class Session {
     return [pingFrame(now)];
   }
 
+  // A frame arrived that the caller handles itself (a shared connection routes message
+  // frames to tabs unread): for the heartbeat, the link is alive.
+  heard(now) {
+    this.lastReceived = now;
+  }
+
   receive(text, now) {
     this.lastReceived = now;
     const { frame, code, message } = decodeServerFrame(text);

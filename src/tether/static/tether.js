@@ -46,9 +46,11 @@ import {
   handshakeClosed,
   refreshDelay,
 } from "./tether-core.js";
+import { sharedWebSocket, sharingSupport } from "./tether-shared.js";
 
 export * from "./tether-constants.js";
 export * from "./tether-core.js";
+export { sharedWebSocket, sharingSupport } from "./tether-shared.js";
 
 
 // --- the driver ----------------------------------------------------------------------------
@@ -70,7 +72,7 @@ export class TetherClient extends EventTarget {
     const known = new Set([
       ...Object.keys(DEFAULTS),
       "onStateChange", "onReconnect", "onResync", "onError",
-      "persistCursors", "storage", "debug", "WebSocket", "token", "getToken",
+      "persistCursors", "storage", "debug", "WebSocket", "token", "getToken", "shared",
     ]);
     for (const key of Object.keys(options)) {
       if (!known.has(key)) throw new TypeError(`unknown Tether option '${key}'`);
@@ -83,7 +85,10 @@ export class TetherClient extends EventTarget {
     this.onReconnect = options.onReconnect || null;
     this.onResync = options.onResync || null;
     this.onError = options.onError || null;
-    this._WebSocket = options.WebSocket || globalThis.WebSocket;
+    // shared: one hub connection for every same-origin tab (tether-shared.js); true picks
+    // a SharedWorker where the browser has one, else a leader tab; "worker" / "locks" force.
+    this.shared = options.shared ? (options.shared === true ? sharingSupport() : options.shared) : null;
+    this._WebSocket = options.WebSocket || (this.shared ? sharedWebSocket(this.shared) : globalThis.WebSocket);
     // The token travels in the subprotocol list: the only header a browser can set, and
     // not part of the URL (so not in access logs). getToken() supplies fresh ones.
     this._token = options.token || null;

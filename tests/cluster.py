@@ -182,7 +182,7 @@ def render_nginx_conf(
 ) -> str:
     """``deploy/nginx.conf`` with the marked lines replaced.
 
-    ``listen`` becomes ``127.0.0.1:listen_port``; the ``tether-upstreams`` block holds
+    ``listen`` becomes ``127.0.0.1:listen_port``; each ``tether-upstreams`` block holds
     one ``server`` per entry of ``upstreams`` (a port on 127.0.0.1, or ``host:port``);
     the ``user`` line is dropped when not root (nginx would only warn) and becomes the
     current user when root (the default, ``nobody``, cannot enter a private temp dir).
@@ -202,7 +202,7 @@ def render_nginx_conf(
         lines.append(f"{indent}# tether-upstreams end")
         return "\n".join(lines)
 
-    text = _UPSTREAMS.sub(servers, template, count=1)
+    text = _UPSTREAMS.sub(servers, template)  # every upstream block lists the same nodes
     text = _LISTEN.sub(
         lambda m: f"{m.group(1)}listen 127.0.0.1:{listen_port};  # tether-listen", text, count=1
     )

@@ -70,20 +70,24 @@ def test_rendered_config_keeps_the_essentials() -> None:
     text = render_nginx_conf(NGINX_CONF.read_text(), listen_port=18080, upstreams=[18765, 18766])
     assert "listen 127.0.0.1:18080;" in text
     servers = re.findall(r"^\s*server (\d\S*) ", text, re.M)
-    assert servers == ["127.0.0.1:18765", "127.0.0.1:18766"]
+    assert servers == ["127.0.0.1:18765", "127.0.0.1:18766"] * 2  # both upstreams: all nodes
     assert "8765" not in text.replace("18765", "")  # the shipped upstreams are all replaced
     # Idle WebSockets must outlive the hub's heartbeat (interval + timeout) at nginx.
     hub = HubConfig()
     budget = hub.heartbeat_interval + hub.heartbeat_timeout
     for directive in ("proxy_read_timeout", "proxy_send_timeout"):
-        (value,) = re.findall(rf"^\s*{directive} (\d+)s;", text, re.M)
-        assert int(value) > budget, f"{directive} {value}s <= heartbeat budget {budget}s"
+        values = re.findall(rf"^\s*{directive} (\d+)s;", text, re.M)
+        assert len(values) == 2  # the WebSocket and the fallback transport's stream
+        for value in values:
+            assert int(value) > budget, f"{directive} {value}s <= heartbeat budget {budget}s"
     for needle in (
         "proxy_http_version 1.1;",
         "map $http_upgrade $connection_upgrade",
         "proxy_set_header Upgrade    $http_upgrade;",
         "proxy_set_header Connection $connection_upgrade;",
         "proxy_buffering off;",
+        "hash $remote_addr consistent;",
+        "location /ws/ {",
         "proxy_set_header X-Forwarded-For",
         "proxy_set_header X-Real-IP",
         "proxy_next_upstream error timeout;",
@@ -137,6 +141,33 @@ async def test_http_is_balanced_over_both_nodes(lb: tuple[list[Node], Nginx]) ->
     for reply in replies:
         by_epoch.setdefault(reply["epoch"], []).append(reply["offset"])
     assert sorted(by_epoch.values()) == [[1, 2], [1, 2]]
+
+
+async def test_the_fallback_stream_and_its_posts_meet_on_one_node(
+    lb: tuple[list[Node], Nginx],
+) -> None:
+    # Round robin would send every other POST to the node without the stream (404).
+    _, nginx = lb
+    async with (
+        httpx.AsyncClient(base_url=nginx.url, timeout=DEADLINE) as http,
+        http.stream("GET", "/ws/events") as response,
+    ):
+        assert response.status_code == 200
+        lines = response.aiter_lines()
+
+        async def data(kind: str) -> Any:
+            async with asyncio.timeout(DEADLINE):
+                async for line in lines:
+                    if line.startswith("data: ") and f'"{kind}"' in line:
+                        return json.loads(line[6:])
+            raise EOFError
+
+        post = httpx.URL(str(response.url)).join((await data("post"))["post"])
+        assert (await data("welcome"))["type"] == "welcome"
+        for n in range(6):
+            sent = await http.post(post, content=json.dumps({"type": "ping", "ts": n}))
+            assert sent.status_code == 204, sent.text
+            assert await data("pong") == {"type": "pong", "ts": n}
 
 
 async def test_killed_node_is_skipped_and_its_sockets_closed(

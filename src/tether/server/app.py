@@ -1,4 +1,5 @@
-"""The hub as an ASGI app (Starlette): ``/ws``, ``POST /publish``, ``/healthz``, ``/metrics``.
+"""The hub as an ASGI app (Starlette): ``/ws`` (and its fallback, ``/ws/events`` with
+``POST /ws/frames``), ``POST /publish``, ``/healthz``, ``/metrics``.
 
 Mount it in a FastAPI/Starlette app (``app.mount("/rt", hub.asgi())``) or run it
 with ``tether serve``. Under Tether's uvicorn protocol the WebSocket route uses
@@ -29,6 +30,7 @@ from .fastws import RAW_LINK_EXTENSION, RawLink
 from .links import Link, QueuedAsgiLink, RawTransportLink
 from .metrics import make_registry, render
 from .ports import AppHost
+from .sse import EventStream, SseLink, post_frames
 
 #: The browser modules shipped in the package, served at ``/<name>.js`` (no build step).
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -226,9 +228,14 @@ def create_app(hub: AppHost) -> Starlette:
         hub.close_all()
         await hub.aclose()
 
+    #: The fallback transport's open sessions, by the secret their POST URL carries.
+    sse_links: dict[str, SseLink] = {}
+
     return Starlette(
         routes=[
             WebSocketRoute("/ws", websocket_endpoint),
+            Route("/ws/events", EventStream(hub, sse_links), methods=["GET"]),
+            Route("/ws/frames", post_frames(hub, sse_links), methods=["POST"]),
             Route("/publish", publish, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),

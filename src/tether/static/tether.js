@@ -46,11 +46,13 @@ import {
   handshakeClosed,
   refreshDelay,
 } from "./tether-core.js";
+import { SseSocket } from "./tether-sse.js";
 import { sharedWebSocket, sharingSupport } from "./tether-shared.js";
 
 export * from "./tether-constants.js";
 export * from "./tether-core.js";
 export { sharedWebSocket, sharingSupport } from "./tether-shared.js";
+export { SseSocket, eventsUrl } from "./tether-sse.js";
 
 
 // --- the driver ----------------------------------------------------------------------------
@@ -61,6 +63,20 @@ const CURSOR_KEY = (url) => `tether:cursors:${url}`;
 // a new URL each time (a dev server on a random port) would otherwise add an entry per
 // run; 8 covers every hub one dashboard plausibly uses at once.
 const CURSOR_INDEX = "tether:cursors";
+// Options of the browser client only (the rest are the Python client's, in DEFAULTS).
+export const BROWSER_DEFAULTS = Object.freeze({
+  // "auto": WebSocket, and the HTTP fallback (server-sent events and POST) when upgrades
+  // are refused; "websocket" / "sse" force one (docs/protocol.md, Fallback transport).
+  transport: "auto",
+  // WebSocket attempts that fail in a row before "auto" falls back: with the default
+  // backoff about 7 s of a network that refuses upgrades, yet a hub restart that fails
+  // one or two attempts does not leave WebSocket for nothing.
+  fallbackAfter: 3,
+  // While on the fallback, a WebSocket is tried this often (s), and used again (through
+  // a resume: no gap) as soon as one opens. One cheap handshake per half minute.
+  wsProbeInterval: 30,
+});
+const TRANSPORTS = new Set(["auto", "websocket", "sse"]);
 const MAX_CURSOR_SETS = 8;
 // Deliveries wait in an inbox of INBOX_SIZE, in order, while an async handler runs.
 // Browsers offer no read backpressure on a WebSocket, so that is a hard bound instead: past
@@ -72,6 +88,7 @@ export class TetherClient extends EventTarget {
     const known = new Set([
       ...Object.keys(DEFAULTS),
       "onStateChange", "onReconnect", "onResync", "onError",
+      ...Object.keys(BROWSER_DEFAULTS),
       "persistCursors", "storage", "debug", "WebSocket", "token", "getToken", "shared",
     ]);
     for (const key of Object.keys(options)) {
@@ -81,6 +98,14 @@ export class TetherClient extends EventTarget {
     this.config = Object.freeze({ ...DEFAULTS, ...pick(options, Object.keys(DEFAULTS)) });
     const c = this.config;
     checkJitter({ jitter: c.jitter, ratio: c.jitterRatio, seconds: c.jitterSeconds });
+    const b = { ...BROWSER_DEFAULTS, ...pick(options, Object.keys(BROWSER_DEFAULTS)) };
+    if (!TRANSPORTS.has(b.transport)) throw new TypeError(`transport must be auto, websocket or sse, not '${b.transport}'`);
+    this.transport = b.transport;
+    this.fallbackAfter = b.fallbackAfter;
+    this.wsProbeInterval = b.wsProbeInterval;
+    this._wsFailures = 0; // WebSocket attempts failed in a row (for transport "auto")
+    this._via = null; // the transport of the current (or last) attempt
+    this._wsProbeTimer = null;
     this.onStateChange = options.onStateChange || null;
     this.onReconnect = options.onReconnect || null;
     this.onResync = options.onResync || null;
@@ -154,6 +179,7 @@ export class TetherClient extends EventTarget {
       resyncs: c.resyncs,
       undeliverable: c.undeliverable,
       outboxSize: this._session.outbox.size,
+      transport: this._via,
       rtt: c.rtt,
       nextRetryIn: this._nextAttemptAt === null ? null : Math.max(0, this._nextAttemptAt - t),
       lastError: this._clientError || this._life.lastError,
@@ -230,6 +256,7 @@ export class TetherClient extends EventTarget {
     clearTimeout(this._heartbeatTimer);
     clearTimeout(this._expiryTimer);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._wsProbeTimer);
     this._saveCursors();
     if (typeof window !== "undefined") {
       window.removeEventListener("online", this._onOnline);
@@ -337,9 +364,8 @@ export class TetherClient extends EventTarget {
     try {
       const token = await this._freshToken();
       if (this.state === State.CLOSED) return;
-      ws = token
-        ? new this._WebSocket(this.url, [SUBPROTOCOL, `${TOKEN_SUBPROTOCOL_PREFIX}${token}`])
-        : new this._WebSocket(this.url);
+      this._via = this._fallingBack() ? "sse" : "websocket";
+      ws = this._open(this._via === "sse" ? SseSocket : this._WebSocket, token);
     } catch (err) {
       this._attemptFailed(failure(`cannot open: ${err.message}`));
       return;
@@ -385,12 +411,58 @@ export class TetherClient extends EventTarget {
     };
   }
 
+  _open(Socket, token) {
+    return token ? new Socket(this.url, [SUBPROTOCOL, `${TOKEN_SUBPROTOCOL_PREFIX}${token}`]) : new Socket(this.url);
+  }
+
+  _fallingBack() {
+    if (this.transport === "sse") return true;
+    return this.transport === "auto" && this._wsFailures >= this.fallbackAfter && typeof fetch === "function";
+  }
+
+  // On the fallback: try a WebSocket now and then; once one opens, leave the fallback
+  // the way a restarting hub is left (1012, retry at once), resuming from the cursors.
+  _probeWebSocket(ws) {
+    clearTimeout(this._wsProbeTimer);
+    this._wsProbeTimer = setTimeout(() => {
+      if (this._ws !== ws) return;
+      let probe;
+      try {
+        probe = this._open(this._WebSocket, this._token);
+      } catch {
+        this._probeWebSocket(ws);
+        return;
+      }
+      const done = (ok) => {
+        detach(probe);
+        try {
+          probe.close(CloseCode.NORMAL, "probe");
+        } catch {
+          // already closing
+        }
+        if (this._ws !== ws) return;
+        if (!ok) return this._probeWebSocket(ws);
+        this._log("info", "WebSockets get through again: leaving the fallback transport");
+        this._wsFailures = 0;
+        detach(ws);
+        ws.close(CloseCode.NORMAL, "back to WebSocket");
+        this._closed(ws, CloseCode.SERVICE_RESTART, JSON.stringify({ retry_after_ms: 0 }));
+      };
+      probe.onmessage = () => done(true); // the hub's welcome
+      probe.onclose = () => done(false);
+      probe.onerror = () => {};
+    }, this.wsProbeInterval * 1000);
+  }
+
   _attemptFailed(why) {
+    if (this._via === "websocket") this._wsFailures += 1;
     this._log("info", `connect attempt ${this._life.attempts} failed: ${why.reason}`);
     this._schedule(this._life.attemptFailed(why));
   }
 
   _opened(ws) {
+    if (this._via === "websocket") this._wsFailures = 0;
+    else if (this.transport === "auto") this._probeWebSocket(ws);
     const reconnect = this._life.opened(now());
     const frames = this._session.connectionOpened(now());
     for (const item of this._session.refused.splice(0)) {
@@ -563,6 +635,7 @@ export class TetherClient extends EventTarget {
     this._ws = null;
     clearTimeout(this._heartbeatTimer);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._wsProbeTimer);
     clearTimeout(this._pumpTimer);
     const wasConnected = this.state === State.CONNECTED;
     if (wasConnected) this._session.connectionLost();

@@ -162,6 +162,11 @@ class HubConfig:
         "hub only loopback pages (DNS rebinding can fake Host), elsewhere the same origin: "
         "stops cross-site WebSocket hijacking. Non-browser clients send no Origin.",
     )
+    client_telemetry: bool = _field(
+        False,
+        "Accept POST /telemetry (browser clients' lifecycle events, counted in /metrics). "
+        "Off: anyone who can reach the hub could inflate those counters.",
+    )
     max_connections: int = _field(
         10_000, "Total sessions; past it, handshakes get 503 + Retry-After (load shedding)."
     )

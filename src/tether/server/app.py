@@ -31,6 +31,7 @@ from .links import Link, QueuedAsgiLink, RawTransportLink
 from .metrics import make_registry, render
 from .ports import AppHost
 from .sse import EventStream, SseLink, post_frames
+from .telemetry import telemetry_endpoint
 
 #: The browser modules shipped in the package, served at ``/<name>.js`` (no build step).
 STATIC = Path(__file__).resolve().parent.parent / "static"
@@ -237,6 +238,7 @@ def create_app(hub: AppHost) -> Starlette:
             Route("/ws/events", EventStream(hub, sse_links), methods=["GET"]),
             Route("/ws/frames", post_frames(hub, sse_links), methods=["POST"]),
             Route("/publish", publish, methods=["POST"]),
+            Route("/telemetry", telemetry_endpoint(hub), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/", index, methods=["GET"]),

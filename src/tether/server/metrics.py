@@ -104,6 +104,24 @@ class HubCollector(Collector):
             if broker_stats is not None and hasattr(broker_stats, field):
                 yield CounterMetricFamily(name, doc, value=getattr(broker_stats, field))
         stats = hub.stats
+        yield CounterMetricFamily(
+            "tether_client_telemetry_reports",
+            "Reports browser clients posted to /telemetry (client_telemetry on)",
+            value=stats.telemetry_reports,
+        )
+        yield CounterMetricFamily(
+            "tether_client_events_dropped",
+            "Lifecycle events browser clients dropped from their bounded telemetry buffers",
+            value=stats.client_events_dropped,
+        )
+        events = CounterMetricFamily(
+            "tether_client_events",
+            "Lifecycle events browser clients reported, by kind (unknown kinds as 'other')",
+            labels=["kind"],
+        )
+        for kind, count in sorted(stats.client_events.items()):
+            events.add_metric([kind], count)
+        yield events
         if stats.publish_seconds_count:
             cumulative, buckets = 0, []
             for bound, count in zip(PUBLISH_BUCKETS, stats.publish_seconds, strict=True):

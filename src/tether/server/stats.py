@@ -38,6 +38,11 @@ class HubStats:
     repairs: int = 0
     #: Topics whose live feed moved to a new epoch (Redis lost or rolled back history).
     epoch_changes: int = 0
+    #: Browser clients' telemetry (POST /telemetry): reports, events by kind, and the
+    #: events clients dropped from their bounded buffers.
+    telemetry_reports: int = 0
+    client_events: dict[str, int] = field(default_factory=dict)
+    client_events_dropped: int = 0
     #: Round trips of publishes through a shared broker, as a histogram (seconds).
     publish_seconds: list[int] = field(default_factory=lambda: [0] * len(PUBLISH_BUCKETS))
     publish_seconds_sum: float = 0.0

@@ -47,12 +47,14 @@ import {
   refreshDelay,
 } from "./tether-core.js";
 import { SseSocket } from "./tether-sse.js";
+import { Telemetry, telemetryUrl } from "./tether-telemetry.js";
 import { sharedWebSocket, sharingSupport } from "./tether-shared.js";
 
 export * from "./tether-constants.js";
 export * from "./tether-core.js";
 export { sharedWebSocket, sharingSupport } from "./tether-shared.js";
 export { SseSocket, eventsUrl } from "./tether-sse.js";
+export { Telemetry, telemetryUrl } from "./tether-telemetry.js";
 
 
 // --- the driver ----------------------------------------------------------------------------
@@ -75,6 +77,12 @@ export const BROWSER_DEFAULTS = Object.freeze({
   // While on the fallback, a WebSocket is tried this often (s), and used again (through
   // a resume: no gap) as soon as one opens. One cheap handshake per half minute.
   wsProbeInterval: 30,
+  // Lifecycle events and metrics posted to the hub (true: its /telemetry) or a URL;
+  // off by default (the hub's client_telemetry is off too). docs/protocol.md.
+  telemetry: null,
+  // How often (s) a telemetry batch goes: a flapping connection shows within a minute,
+  // and a steady one costs one small POST per half minute at most (none when idle).
+  telemetryInterval: 30,
 });
 const TRANSPORTS = new Set(["auto", "websocket", "sse"]);
 const MAX_CURSOR_SETS = 8;
@@ -106,6 +114,11 @@ export class TetherClient extends EventTarget {
     this._wsFailures = 0; // WebSocket attempts failed in a row (for transport "auto")
     this._via = null; // the transport of the current (or last) attempt
     this._wsProbeTimer = null;
+    this.telemetry = null;
+    if (b.telemetry) {
+      const target = b.telemetry === true ? telemetryUrl(url) : b.telemetry;
+      this.telemetry = new Telemetry(target, { interval: b.telemetryInterval, metrics: () => this.metrics() });
+    }
     this.onStateChange = options.onStateChange || null;
     this.onReconnect = options.onReconnect || null;
     this.onResync = options.onResync || null;
@@ -149,7 +162,10 @@ export class TetherClient extends EventTarget {
     this._onVisible = () => {
       if (document.visibilityState === "visible") this._networkBack();
     };
-    this._onPageHide = () => this._saveCursors();
+    this._onPageHide = () => {
+      this._saveCursors();
+      if (this.telemetry) this.telemetry.flush({ beacon: true });
+    };
     this._stored = this._loadCursors();
     if (debug) this._installDebug(debug);
   }
@@ -257,6 +273,7 @@ export class TetherClient extends EventTarget {
     clearTimeout(this._expiryTimer);
     clearTimeout(this._refreshTimer);
     clearTimeout(this._wsProbeTimer);
+    if (this.telemetry) this.telemetry.stop();
     this._saveCursors();
     if (typeof window !== "undefined") {
       window.removeEventListener("online", this._onOnline);
@@ -326,6 +343,7 @@ export class TetherClient extends EventTarget {
 
   _stateChanged(from, to) {
     this._log("info", `state ${from} -> ${to}`);
+    if (this.telemetry) this.telemetry.record(to);
     if (this.onStateChange) safeCall(this.onStateChange, from, to);
     this._emit("statechange", { from, to });
     for (const topic of this._handlers.keys()) this._emit("topicstate", { topic, live: this.isLive(topic) });
@@ -528,6 +546,7 @@ export class TetherClient extends EventTarget {
 
   // onError may be async; its failure is logged, never thrown.
   _reportError(code, message) {
+    if (this.telemetry) this.telemetry.record("error", { code });
     if (this.onError) safeCallAsync(this.onError, code, message);
   }
 
@@ -564,6 +583,7 @@ export class TetherClient extends EventTarget {
 
   async _dispatch(event) {
     if (event.kind === "reconnected") {
+      if (this.telemetry) this.telemetry.record("reconnect");
       if (this.onReconnect) await safeCallAsync(this.onReconnect);
       this._emit("reconnect", {});
     } else if (event.kind === "delivery") {
@@ -577,6 +597,7 @@ export class TetherClient extends EventTarget {
       if (event.cursor) this._delivered.set(event.topic, event.cursor);
       this._scheduleSave();
       this._log("warn", `resync ${event.topic}: missing ${JSON.stringify(event.missing)}`);
+      if (this.telemetry) this.telemetry.record("resync", { topic: event.topic, gaps: event.missing.length });
       if (this.onResync) await safeCallAsync(this.onResync, event.topic, event.missing);
       this._emit("resync", { topic: event.topic, missing: event.missing });
     } else if (event.kind === "confirmed") {
@@ -606,6 +627,7 @@ export class TetherClient extends EventTarget {
       const poll = this._session.poll(t);
       if (poll.dead) {
         this._life.heartbeatFailed();
+        if (this.telemetry) this.telemetry.record("heartbeat_failure");
         this._log("warn", "heartbeat deadline passed: connection presumed dead");
         this._drop(ws, "heartbeat timeout");
         return;

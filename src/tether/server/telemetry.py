@@ -26,9 +26,7 @@ MAX_BODY_BYTES = 16 * 1024
 #: Events per report (the browser client's buffer holds as many, dropping the oldest).
 MAX_EVENTS = 100
 #: The kinds counted by name: the client states and the lifecycle moments worth a graph.
-KINDS = frozenset(
-    {s.value for s in State} | {"reconnect", "resync", "error", "heartbeat_failure"}
-)
+KINDS = frozenset({s.value for s in State} | {"reconnect", "resync", "error", "heartbeat_failure"})
 
 
 class TelemetryEvent(msgspec.Struct):

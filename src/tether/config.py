@@ -114,7 +114,8 @@ class HubConfig:
     max_send_buffer_bytes: int = _field(
         262_144,
         "A subscriber whose unsent bytes pass 256 KiB (~2,500 typical messages) is cut off "
-        "with 4008 and resumes from history, instead of slowing others or eating memory.",
+        "with 4008 and resumes from history, instead of slowing others or eating memory. "
+        "Never below two frames of max_frame_bytes: one big message is not a slow consumer.",
     )
     max_pending_sends: int = _field(
         100,
@@ -253,6 +254,13 @@ class HubConfig:
         "never a lost message (Centrifugo waits 40 s).",
         unit="s",
     )
+
+
+    @property
+    def send_buffer_limit(self) -> int:
+        """The unsent bytes past which a subscriber is cut off (``max_send_buffer_bytes``,
+        raised to two of the largest frames this hub lets anyone publish)."""
+        return max(self.max_send_buffer_bytes, 2 * self.max_frame_bytes)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

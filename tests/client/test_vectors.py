@@ -165,6 +165,9 @@ def run_session(vector: dict[str, Any]) -> list[dict[str, Any]]:
             session.connection_lost()
         elif do == "receive":
             events, replies = session.receive(_inbound(step), now=step["now"])
+            if step.get("hand"):  # the driver hands them to the app (else they wait)
+                for event in events:
+                    session.handed_to_app(event)
             out["events"] = [_event(e) for e in events]
             out["frames"] = _frames(replies)
         elif do == "poll":
@@ -210,6 +213,7 @@ def run_session(vector: dict[str, Any]) -> list[dict[str, Any]]:
             "last_heartbeat": c.last_heartbeat,
         }
         out["cursors"] = {t: _cursor(session.cursor(t)) for t in session.topics}
+        out["app_cursors"] = {t: _cursor(session.app_cursor(t)) for t in session.topics}
         out["live"] = {t: session.is_live(t) for t in session.topics}
         out["outbox"] = len(session.outbox)
         results.append(out)

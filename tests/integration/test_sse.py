@@ -210,3 +210,29 @@ async def test_a_restart_closes_streams_with_1012_and_its_hint(hub_server: HubSe
         assert event.frame["code"] == 1012
         hint = json.loads(event.frame["reason"])["retry_after_ms"]
         assert s.stream.retry == hint  # a plain EventSource waits the hint too
+
+
+async def test_a_page_on_an_allowed_origin_may_use_it_and_others_may_not(
+    start_hub: StartHub,
+) -> None:
+    server = await start_hub(allowed_origins="http://app.example")
+    allowed = {"Origin": "http://app.example"}
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        ask = await http.options(
+            "/ws/events",
+            headers={**allowed, "Access-Control-Request-Headers": "authorization"},
+        )
+        assert ask.status_code == 204
+        assert ask.headers["access-control-allow-origin"] == "http://app.example"
+        assert "authorization" in ask.headers["access-control-allow-headers"]
+        async with session_of(http, **allowed) as s:
+            assert s.stream.response.headers["access-control-allow-origin"] == "http://app.example"
+            await s.stream.frame("welcome")
+            posted = await http.post(s.post_url, content=b'{"type":"ping","ts":1}', headers=allowed)
+            assert posted.status_code == 204
+            assert posted.headers["access-control-allow-origin"] == "http://app.example"
+        other = {"Origin": "http://evil.example"}
+        assert (await http.options("/ws/events", headers=other)).status_code == 403
+        async with http.stream("GET", "/ws/events", headers=other) as response:
+            assert response.status_code == 403  # as a cross-site WebSocket handshake is
+            assert "access-control-allow-origin" not in response.headers

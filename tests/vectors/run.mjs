@@ -72,6 +72,7 @@ function runSession(vector) {
       case "receive": {
         const text = "text" in step ? step.text : JSON.stringify(step.frame);
         const { events, replies } = session.receive(text, step.now);
+        if (step.hand) for (const e of events) session.handedToApp(e); // else they wait
         out.events = events.map(event);
         out.frames = frames(replies);
         break;
@@ -124,6 +125,7 @@ function runSession(vector) {
       last_heartbeat: c.lastHeartbeat,
     };
     out.cursors = Object.fromEntries([...session.subs.keys()].map((t) => [t, cursor(session.cursor(t))]));
+    out.app_cursors = Object.fromEntries([...session.subs.keys()].map((t) => [t, cursor(session.appCursor(t))]));
     out.live = Object.fromEntries([...session.subs.keys()].map((t) => [t, session.isLive(t)]));
     out.outbox = session.outbox.size;
     return out;

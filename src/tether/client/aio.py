@@ -195,7 +195,6 @@ class Client:
             outbox=Outbox(max_size=self.config.outbox_size, policy=self.config.outbox_policy)
         )
         self._handlers: dict[str, MessageHandler] = {}
-        self._delivered: dict[str, Cursor] = {}
         #: ``subscribe`` calls waiting for the hub's answer on the current connection.
         self._confirming: dict[str, list[asyncio.Future[None]]] = {}
         self._inbox: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=INBOX_SIZE)
@@ -262,7 +261,7 @@ class Client:
         Persist it and pass it back as ``subscribe(..., resume=cursor)`` to resume
         after a process restart.
         """
-        return self._delivered.get(topic) or self._session.cursor(topic)
+        return self._session.app_cursor(topic)
 
     def is_live(self, topic: str) -> bool:
         """True while ``topic`` is subscribed on a live connection (not stale)."""
@@ -330,7 +329,6 @@ class Client:
 
     async def unsubscribe(self, topic: str) -> None:
         self._handlers.pop(topic, None)
-        self._delivered.pop(topic, None)
         frame = self._session.unsubscribe(topic)
         if frame is not None:
             self._session.pace([frame])
@@ -702,19 +700,16 @@ class Client:
             if isinstance(event, _Reconnected):
                 if self.on_reconnect is not None:
                     await self._callback(self.on_reconnect)
-            elif isinstance(event, Delivery):
-                self._delivered[event.topic] = Cursor(epoch=event.epoch, offset=event.offset)
+                continue
+            self._session.handed_to_app(event)  # the app's cursor: what it may persist
+            if isinstance(event, Delivery):
                 handler = self._handlers.get(event.topic)
                 if handler is not None:
                     await self._callback(handler, event)
             elif isinstance(event, Resync):
-                if event.cursor is not None:
-                    self._delivered[event.topic] = event.cursor
                 logger.warning("resync %s: missing %s", event.topic, event.missing)
                 if self.on_resync is not None:
                     await self._callback(self.on_resync, event.topic, event.missing)
-            elif event.cursor is not None and event.topic in self._handlers:
-                self._delivered.setdefault(event.topic, event.cursor)
 
     def _handle_now(self, event: Event) -> None:
         """Events with no app code behind them: resolved sends, hub errors."""
@@ -729,7 +724,6 @@ class Client:
         elif isinstance(event, SubscriptionRefused):
             logger.warning("hub refused %s: %s %s", event.topic, event.code, event.message)
             self._handlers.pop(event.topic, None)
-            self._delivered.pop(event.topic, None)
             waiting = bool(self._confirming.get(event.topic))
             self._settle_subscribe(
                 event.topic, SubscribeRefused(event.topic, event.code, event.message)

@@ -156,6 +156,9 @@ class _Sub:
     replay_head: int = 0
     replay_epoch: str = ""
     confirmed: bool = False
+    #: The position of the last event the driver handed to the application (what an app
+    #: persists): behind ``cursor`` while read events wait in the driver's inbox.
+    handed: Cursor | None = None
 
 
 @dataclass(slots=True)
@@ -236,6 +239,27 @@ class ClientSession:
     def cursor(self, topic: str) -> Cursor | None:
         sub = self._subs.get(topic)
         return None if sub is None else sub.cursor
+
+    def app_cursor(self, topic: str) -> Cursor | None:
+        """Where the application is in ``topic``: the last message (or reported gap) handed
+        to it, else where its subscription starts. What to persist and resume from."""
+        sub = self._subs.get(topic)
+        if sub is None:
+            return None
+        return sub.handed if sub.handed is not None else sub.cursor
+
+    def handed_to_app(self, event: Event) -> None:
+        """The driver handed ``event`` to the application: its cursor moves."""
+        topic = getattr(event, "topic", None)
+        sub = None if topic is None else self._subs.get(topic)
+        if sub is None:
+            return
+        if isinstance(event, Delivery):
+            sub.handed = Cursor(epoch=event.epoch, offset=event.offset)
+        elif isinstance(event, Resync) and event.cursor is not None:
+            sub.handed = event.cursor  # past what is lost
+        elif isinstance(event, SubscriptionConfirmed) and sub.handed is None:
+            sub.handed = event.cursor  # where it starts; a later one does not move it back
 
     def subscribe(
         self, topic: str, *, resume: Cursor | None = None, rewind: int = 0

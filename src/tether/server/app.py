@@ -129,7 +129,7 @@ def create_app(hub: AppHost) -> Starlette:
             link = RawTransportLink(
                 raw,
                 session=session,
-                limit=hub.config.max_send_buffer_bytes,
+                limit=hub.config.send_buffer_limit,
                 on_overflow=hub.overflow,
                 identity=decision.identity,
                 address=decision.address,
@@ -138,7 +138,7 @@ def create_app(hub: AppHost) -> Starlette:
             link = QueuedAsgiLink(
                 websocket.send,
                 session=session,
-                limit=hub.config.max_send_buffer_bytes,
+                limit=hub.config.send_buffer_limit,
                 on_overflow=hub.overflow,
                 identity=decision.identity,
                 address=decision.address,
@@ -235,8 +235,8 @@ def create_app(hub: AppHost) -> Starlette:
     return Starlette(
         routes=[
             WebSocketRoute("/ws", websocket_endpoint),
-            Route("/ws/events", EventStream(hub, sse_links), methods=["GET"]),
-            Route("/ws/frames", post_frames(hub, sse_links), methods=["POST"]),
+            Route("/ws/events", EventStream(hub, sse_links), methods=["GET", "OPTIONS"]),
+            Route("/ws/frames", post_frames(hub, sse_links), methods=["POST", "OPTIONS"]),
             Route("/publish", publish, methods=["POST"]),
             Route("/telemetry", telemetry_endpoint(hub), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),

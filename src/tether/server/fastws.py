@@ -183,7 +183,7 @@ class HubWSProtocol(TetherWSProtocol):
         self.hub_link = RawTransportLink(
             raw,
             session=hub.new_session(),
-            limit=hub.config.max_send_buffer_bytes,
+            limit=hub.config.send_buffer_limit,
             on_overflow=hub.overflow,
             identity=decision.identity,
             address=decision.address,

@@ -210,6 +210,36 @@ def _refusal(status: int, code: str, message: str, retry_after: int | None = Non
     return response
 
 
+def cors_headers(hub: AppHost, headers: Any) -> list[tuple[bytes, bytes]]:
+    """``Access-Control-Allow-Origin`` for a page on another origin that ``allowed_origins``
+    admits (its page may open the WebSocket, so it may use the fallback too)."""
+    origin = headers.get("origin")
+    if origin is None or not hub.origin_allowed(origin, headers.get("host")):
+        return []
+    return [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin")]
+
+
+async def preflight(hub: AppHost, request: Request) -> Response:
+    """``OPTIONS``: the stream is fetched with an ``Authorization`` header, which a page on
+    another origin may send only after this answer."""
+    allow = cors_headers(hub, request.headers)
+    if not allow:
+        return Response(status_code=403)
+    response = Response(status_code=204)
+    for name, value in allow:
+        response.headers[name.decode()] = value.decode()
+    response.headers["Access-Control-Allow-Headers"] = "authorization, last-event-id"
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST"
+    response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def _with_cors(response: Response, allow: list[tuple[bytes, bytes]]) -> Response:
+    for name, value in allow:
+        response.headers[name.decode()] = value.decode()
+    return response
+
+
 class EventStream:
     """``GET <ws path>/events``: open a session whose frames go down as server-sent events.
 
@@ -224,6 +254,10 @@ class EventStream:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub
         request = Request(scope, receive)
+        if request.method == "OPTIONS":
+            await (await preflight(hub, request))(scope, receive, send)
+            return
+        allow = cors_headers(hub, request.headers)
         decision = hub.handshake(
             headers=dict(request.headers.items()),
             subprotocols=[],
@@ -233,15 +267,16 @@ class EventStream:
         if decision.refusal is not None:
             r = decision.refusal
             code = "overloaded" if r.status in (429, 503) else "forbidden"
-            await _refusal(r.status, code, r.reason, r.retry_after)(scope, receive, send)
+            refusal = _refusal(r.status, code, r.reason, r.retry_after)
+            await _with_cors(refusal, allow)(scope, receive, send)
             return
         if decision.auth_error is not None:
             refusal = _refusal(401, ErrorCode.INVALID_TOKEN, decision.auth_error)
-            await refusal(scope, receive, send)
+            await _with_cors(refusal, allow)(scope, receive, send)
             return
         link = SseLink(
             session=hub.new_session(),
-            limit=hub.config.max_send_buffer_bytes,
+            limit=hub.config.send_buffer_limit,
             on_overflow=hub.overflow,
             identity=decision.identity,
             address=decision.address,
@@ -257,6 +292,7 @@ class EventStream:
                         (b"content-type", b"text/event-stream; charset=utf-8"),
                         (b"cache-control", b"no-cache"),
                         (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
+                        *allow,
                     ],
                 }
             )
@@ -317,6 +353,12 @@ def post_frames(
     limit = hub.config.max_frame_bytes
 
     async def frames(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return await preflight(hub, request)
+        allow = cors_headers(hub, request.headers)
+        return _with_cors(await handle(request), allow)
+
+    async def handle(request: Request) -> Response:
         link = links.get(request.query_params.get("s", ""))
         if link is None or link.closed:
             return _refusal(

@@ -265,13 +265,37 @@ export class Session {
     return this.connected && !!sub && sub.confirmed;
   }
 
+  // Where the application is in `topic`: the last message (or reported gap) handed to
+  // it, else where its subscription starts. What to persist and resume from.
+  appCursor(topic) {
+    const sub = this.subs.get(topic);
+    if (!sub) return null;
+    return sub.handed || sub.cursor;
+  }
+  // The driver handed `event` to the application: its cursor moves.
+  handedToApp(event) {
+    const topic = event.kind === "delivery" ? event.message.topic : event.topic;
+    const sub = topic === undefined ? undefined : this.subs.get(topic);
+    if (!sub) return;
+    if (event.kind === "delivery") sub.handed = { epoch: event.message.epoch, offset: event.message.offset };
+    else if (event.kind === "resync" && event.cursor) sub.handed = event.cursor;
+    else if (event.kind === "confirmed" && !sub.handed) sub.handed = event.cursor;
+  }
+  // Every subscription's app cursor that has one: [topic, cursor] pairs.
+  *appCursors() {
+    for (const topic of this.subs.keys()) {
+      const cursor = this.appCursor(topic);
+      if (cursor) yield [topic, cursor];
+    }
+  }
+
   subscribe(topic, resume = null, rewind = 0) {
     if (!Number.isSafeInteger(rewind) || rewind < 0 || rewind > MAX_COUNT) {
       throw new RangeError(`rewind must be a whole number from 0 to ${MAX_COUNT}, not ${rewind}`);
     }
     let sub = this.subs.get(topic);
     if (!sub) {
-      sub = { topic, cursor: resume, rewind, replayHead: 0, replayEpoch: "", confirmed: false };
+      sub = { topic, cursor: resume, rewind, replayHead: 0, replayEpoch: "", confirmed: false, handed: null };
       this.subs.set(topic, sub);
     }
     return this.connected ? this._subscribeFrame(sub) : null;

@@ -85,6 +85,12 @@ export const BROWSER_DEFAULTS = Object.freeze({
   telemetryInterval: 30,
 });
 const TRANSPORTS = new Set(["auto", "websocket", "sse"]);
+// Close codes only a hub sends: an attempt that ends with one reached the hub, so it
+// is no sign of a network that refuses WebSocket upgrades (and no reason to fall back).
+const HUB_ANSWERED = new Set([
+  CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.POLICY_VIOLATION, CloseCode.MESSAGE_TOO_BIG,
+  CloseCode.INTERNAL_ERROR, CloseCode.SERVICE_RESTART, CloseCode.TRY_AGAIN_LATER, CloseCode.SLOW_CONSUMER,
+]);
 const MAX_CURSOR_SETS = 8;
 // Deliveries wait in an inbox of INBOX_SIZE, in order, while an async handler runs.
 // Browsers offer no read backpressure on a WebSocket, so that is a hard bound instead: past
@@ -139,7 +145,6 @@ export class TetherClient extends EventTarget {
       outbox: new Outbox(this.config.outboxSize, this.config.outboxPolicy),
     });
     this._handlers = new Map();
-    this._delivered = new Map();
     this._inbox = [];
     this._draining = false;
     this._ws = null;
@@ -203,7 +208,7 @@ export class TetherClient extends EventTarget {
   }
 
   cursor(topic) {
-    return this._delivered.get(topic) || this._session.cursor(topic);
+    return this._session.appCursor(topic);
   }
 
   isLive(topic) {
@@ -238,7 +243,6 @@ export class TetherClient extends EventTarget {
 
   unsubscribe(topic) {
     this._handlers.delete(topic);
-    this._delivered.delete(topic);
     const frame = this._session.unsubscribe(topic);
     if (frame) this._pace([frame]);
   }
@@ -256,6 +260,7 @@ export class TetherClient extends EventTarget {
   reconnect() {
     if (this.state === State.CLOSED) throw new ClientClosed("client is closed");
     this._life.requestRetry();
+    this._wsFailures = 0; // a retry asked for by hand tries WebSocket first
     if (this._ws) this._drop(this._ws, "reconnect requested");
     else if (!this._opening) this._schedule(0);
   }
@@ -472,8 +477,11 @@ export class TetherClient extends EventTarget {
     }, this.wsProbeInterval * 1000);
   }
 
-  _attemptFailed(why) {
-    if (this._via === "websocket") this._wsFailures += 1;
+  _attemptFailed(why, code = 1006) {
+    if (this._via === "websocket" && !HUB_ANSWERED.has(code)) this._wsFailures += 1;
+    // The fallback cannot reach the hub either: the hub is down, not the upgrade
+    // refused. WebSocket first again, so a fleet does not come back on the fallback.
+    else if (this._via === "sse" && code === 1006 && this.transport === "auto") this._wsFailures = 0;
     this._log("info", `connect attempt ${this._life.attempts} failed: ${why.reason}`);
     this._schedule(this._life.attemptFailed(why));
   }
@@ -531,7 +539,6 @@ export class TetherClient extends EventTarget {
       } else if (event.kind === "refused") {
         this._log("warn", `hub refused ${event.topic}: ${event.code} ${event.message}`);
         this._handlers.delete(event.topic);
-        this._delivered.delete(event.topic);
         this._emit("topicstate", { topic: event.topic, live: false });
         this._reportError(event.code, `${event.topic}: ${event.message}`);
       } else if (event.kind === "error") {
@@ -586,25 +593,23 @@ export class TetherClient extends EventTarget {
       if (this.telemetry) this.telemetry.record("reconnect");
       if (this.onReconnect) await safeCallAsync(this.onReconnect);
       this._emit("reconnect", {});
-    } else if (event.kind === "delivery") {
+      return;
+    }
+    this._session.handedToApp(event); // the app's cursor: what is persisted
+    if (event.kind === "delivery") {
       const msg = event.message;
-      this._delivered.set(msg.topic, { epoch: msg.epoch, offset: msg.offset });
       this._scheduleSave();
       const handler = this._handlers.get(msg.topic);
       if (handler) await safeCallAsync(handler, msg);
       this._emit("message", msg);
     } else if (event.kind === "resync") {
-      if (event.cursor) this._delivered.set(event.topic, event.cursor);
       this._scheduleSave();
       this._log("warn", `resync ${event.topic}: missing ${JSON.stringify(event.missing)}`);
       if (this.telemetry) this.telemetry.record("resync", { topic: event.topic, gaps: event.missing.length });
       if (this.onResync) await safeCallAsync(this.onResync, event.topic, event.missing);
       this._emit("resync", { topic: event.topic, missing: event.missing });
     } else if (event.kind === "confirmed") {
-      if (event.cursor && !this._delivered.has(event.topic) && this._handlers.has(event.topic)) {
-        this._delivered.set(event.topic, event.cursor);
-        this._scheduleSave();
-      }
+      this._scheduleSave();
       this._emit("topicstate", { topic: event.topic, live: this.isLive(event.topic) });
     }
   }
@@ -663,7 +668,7 @@ export class TetherClient extends EventTarget {
     if (wasConnected) this._session.connectionLost();
     this._log("info", `connection closed: ${code} ${reason || ""}`);
     if (!wasConnected) {
-      this._attemptFailed(handshakeClosed(code, reason, { canRefresh: !!this.getToken }));
+      this._attemptFailed(handshakeClosed(code, reason, { canRefresh: !!this.getToken }), code);
       return;
     }
     this._schedule(this._life.closed(code, reason, now()));
@@ -734,7 +739,7 @@ export class TetherClient extends EventTarget {
     this._saveTimer = null;
     if (!this._storage) return;
     const out = {};
-    for (const [topic, cursor] of this._delivered) out[topic] = cursor;
+    for (const [topic, cursor] of this._session.appCursors()) out[topic] = cursor;
     try {
       this._storage.setItem(CURSOR_KEY(this.url), JSON.stringify(out));
       this._indexCursors();

@@ -255,7 +255,6 @@ class HubConfig:
         unit="s",
     )
 
-
     @property
     def send_buffer_limit(self) -> int:
         """The unsent bytes past which a subscriber is cut off (``max_send_buffer_bytes``,

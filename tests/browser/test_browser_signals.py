@@ -98,7 +98,7 @@ async def test_saved_cursors_stay_bounded_when_the_hub_url_changes_every_run(
             const { TetherClient } = await import('/tether.js');
             for (let port = 9000; port < 9012; port++) {  // twelve runs, twelve URLs
                 const client = new TetherClient(`ws://127.0.0.1:${port}/ws`);
-                client._delivered.set('t', { epoch: 'e', offset: port });
+                client._session.subscribe('t', { epoch: 'e', offset: port });  // a cursor to keep
                 client._saveCursors();  // what pagehide does
             }
             return Object.keys(sessionStorage).filter((k) => k.startsWith('tether:cursors:'));

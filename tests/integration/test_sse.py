@@ -236,3 +236,25 @@ async def test_a_page_on_an_allowed_origin_may_use_it_and_others_may_not(
         async with http.stream("GET", "/ws/events", headers=other) as response:
             assert response.status_code == 403  # as a cross-site WebSocket handshake is
             assert "access-control-allow-origin" not in response.headers
+
+
+async def test_permissions_and_token_refresh_work_as_over_a_socket(start_hub: StartHub) -> None:
+    server = await start_hub(jwt_secret=SECRET, insecure_dev=False)
+
+    def token(ttl: int, topics: list[str]) -> str:
+        claims = {"sub": "u", "exp": int(time.time()) + ttl, "topics": topics}
+        return jwt.encode(claims, SECRET, "HS256")
+
+    bearer = {"Authorization": f"Bearer {token(300, ['t'])}"}
+    async with httpx.AsyncClient(base_url=server.http_url) as http, session_of(http, **bearer) as s:
+        await s.stream.frame("welcome")
+        await s.post({"type": "subscribe", "topic": "u"})
+        refused = await s.stream.frame("error")
+        assert (refused["code"], refused["ref"]) == ("forbidden", "u")
+        await s.post({"type": "subscribe", "topic": "t"})
+        assert (await s.stream.frame("subscribed"))["topic"] == "t"
+        # In-connection refresh over POST: a token that no longer grants t revokes it.
+        await s.post({"type": "auth", "token": token(600, ["other"])})
+        revoked = await s.stream.frame("error")
+        assert (revoked["code"], revoked["ref"]) == ("forbidden", "t")
+        assert (await s.stream.frame("authed"))["subject"] == "u"

@@ -98,6 +98,58 @@ async def test_three_tabs_share_one_connection_and_each_gets_every_message(
 
 
 @pytest.mark.parametrize("way", WAYS)
+async def test_tabs_opened_at_once_each_get_the_current_value_and_every_message(
+    context: BrowserContext, hub_server: HubServer, way: str
+) -> None:
+    # As the README page does, in tabs opened together. A tab must hold its own lock
+    # before the connection's owner watches it: requests from two contexts reach the
+    # lock manager in either order, and an owner's that came first was granted at once,
+    # as if the tab had gone (its subscribe then went unanswered). Each page's own lock
+    # request is held back here, so that order happens every time.
+    await context.add_init_script(
+        """(() => {
+            const request = navigator.locks.request.bind(navigator.locks);
+            let first = true;
+            navigator.locks.request = (name, ...rest) => {
+                if (!(first && name.startsWith('tether-tab:'))) return request(name, ...rest);
+                first = false;
+                return new Promise((r) => setTimeout(r, 300)).then(() => request(name, ...rest));
+            };
+        })()"""
+    )
+    await publish(hub_server, "t", 3)
+    tabs = []
+    for _ in range(3):
+        page = await context.new_page()
+        await page.goto(hub_server.http_url + "/healthz")
+        tab = Tab(page)
+        tab.errors = []
+        await page.evaluate(
+            """async ([url, options]) => {
+                const t = await import('/tether.js');
+                window.rec = { deliveries: [] };
+                window.client = t.connect(url, options);
+                window.client.subscribe('t', (m) => window.rec.deliveries.push(m), { rewind: 1 });
+            }""",
+            [hub_server.url, {**SCALED, "shared": way}],
+        )
+        tabs.append(tab)
+    for tab in tabs:
+        await eventually(lambda tab=tab: tab.live("t"), what="every tab live")
+    await publish(hub_server, "t", 2)
+    for tab in tabs:
+        await eventually(
+            lambda tab=tab: _equals(tab.offsets("t"), [3, 4, 5]),
+            what="the current value, then live",
+        )
+        # Not rescued by a timed-out first attempt (10 s with the defaults), nor by a
+        # heartbeat timeout and a reconnect (45 s).
+        m = await tab.metrics()
+        assert (m["failedReconnects"], m["successfulConnects"], m["totalReconnects"]) == (0, 1, 0)
+    assert await hub_connections(hub_server) == 1.0
+
+
+@pytest.mark.parametrize("way", WAYS)
 async def test_closing_the_tab_that_holds_the_connection_costs_the_others_nothing(
     context: BrowserContext, hub_server: HubServer, way: str
 ) -> None:

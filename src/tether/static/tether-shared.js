@@ -380,13 +380,25 @@ export class SharedConnection {
 
 // A tab's id for its lifetime, and the lock it holds while it lives (released when the
 // tab closes, crashes or navigates away: that is how the connection's owner learns it).
+// Nothing is sent to the owner before the lock is *held*: the owner then asks for the
+// same lock, and a request of the owner's that reached the lock manager first would be
+// granted at once, as if the tab had gone (requests from two contexts race).
 const TAB = randomId();
-let tabLock = null;
+let tabLock = null; // resolves once this tab holds its lock
 
 function holdTabLock() {
-  if (tabLock === null && globalThis.navigator && navigator.locks) {
-    tabLock = navigator.locks.request(`tether-tab:${TAB}`, () => new Promise(() => {}));
+  if (tabLock === null) {
+    tabLock =
+      globalThis.navigator && navigator.locks
+        ? new Promise((held) => {
+            navigator.locks.request(`tether-tab:${TAB}`, () => {
+              held();
+              return new Promise(() => {}); // held until the tab goes
+            });
+          })
+        : Promise.resolve();
   }
+  return tabLock;
 }
 
 /** The owner learns of `tab`'s end by waiting for the lock it holds while alive. */
@@ -412,11 +424,12 @@ class WorkerLink {
     this.port = worker.port;
     this.port.onmessage = (ev) => deliver(this.sockets, ev.data);
     this.port.start();
-    holdTabLock();
+    this.ready = holdTabLock();
   }
 
   post(msg) {
-    this.port.postMessage({ ...msg, url: this.url, tab: TAB });
+    // In order: each waits on the same promise, and its callbacks run as registered.
+    this.ready.then(() => this.port.postMessage({ ...msg, url: this.url, tab: TAB }));
   }
 }
 
@@ -430,7 +443,7 @@ class LeaderLink {
     this.queue = []; // frames for a leader not known yet
     this.channel = new BroadcastChannel(`tether:${url}`);
     this.channel.onmessage = (ev) => this._heard(ev.data);
-    holdTabLock();
+    this.ready = holdTabLock();
     navigator.locks.request(`tether-leader:${url}`, () => {
       this.connection = new SharedConnection(url);
       this._leaderIs(TAB);
@@ -445,9 +458,11 @@ class LeaderLink {
       if (this.queue.length >= MAX_QUEUED) this.queue.shift();
       this.queue.push(msg);
     } else if (this.leader === TAB) {
-      this._handle(TAB, msg, (reply) => queueMicrotask(() => deliver(this.sockets, reply)));
+      // This tab's own sockets: not watched (the connection goes with the tab anyway).
+      this._handle(null, msg, (reply) => queueMicrotask(() => deliver(this.sockets, reply)));
     } else {
-      this.channel.postMessage({ ...msg, to: this.leader, from: TAB });
+      const leader = this.leader;
+      this.ready.then(() => this.channel.postMessage({ ...msg, to: leader, from: TAB }));
     }
   }
 

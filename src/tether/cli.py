@@ -303,7 +303,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _log_setup(args)
     return asyncio.run(
         run_demo(
-            port=args.port, duration=args.duration, terminal=args.terminal, volatile=args.volatile
+            port=args.port,
+            duration=args.duration,
+            terminal=args.terminal,
+            volatile=args.volatile,
+            proxy_port=args.proxy_port,
         )
     )
 
@@ -434,6 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="a live feed that survives cuts, stalls and restarts")
     p.add_argument("--port", type=int, default=8765, help="the dashboard's port (default: 8765)")
+    p.add_argument(
+        "--proxy-port",
+        type=int,
+        default=None,
+        help="the chaos proxy's port, the page's real-time link (default: --port + 1; fixed, "
+        "so a page left open across a restart of the demo reconnects by itself)",
+    )
     p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
     p.add_argument("--terminal", action="store_true", help="a terminal client instead of the page")
     p.add_argument(

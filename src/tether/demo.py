@@ -50,6 +50,9 @@ DEMO_CLIENT: dict[str, Any] = {
     "backoffCap": 4.0,
     "maxAttempts": 20,
     "connectTimeout": 3.0,  # an attempt made during a stall hangs; give up on it quickly
+    # A page left open while the demo is stopped and started again probes every 5 s once
+    # its retries are spent, so it is back within seconds of the demo, by itself.
+    "circuitCooldown": 5.0,
 }
 
 
@@ -63,10 +66,14 @@ class DemoBackend:
         hub_options: dict[str, Any] | None = None,
         client_options: dict[str, Any] | None = None,
         down_for: float = 1.0,
+        proxy_port: int = 0,
     ) -> None:
         self.hub_options = {**DEMO_HUB, **(hub_options or {})}
         self.client_options = {**DEMO_CLIENT, **(client_options or {})}
         self.down_for = down_for
+        #: The chaos proxy's port, which is the page's real-time URL: fixed (not 0) so a
+        #: page left open across a restart of the whole demo finds the new one.
+        self.proxy_port = proxy_port
         config = from_env(HubConfig, **{**self.hub_options, "port": 0})
         self.config = config
         self.volatile = volatile
@@ -84,7 +91,7 @@ class DemoBackend:
 
     async def start(self) -> None:
         await self._start_hub()
-        self.proxy = ChaosProxy(target=("127.0.0.1", self.hub_port))
+        self.proxy = ChaosProxy(target=("127.0.0.1", self.hub_port), port=self.proxy_port)
         await self.proxy.start()
         self._tasks.append(asyncio.create_task(self._feed()))
 
@@ -206,7 +213,12 @@ def create_demo_app(backend: DemoBackend) -> Starlette:
 
 
 async def run_demo(
-    *, port: int = 8765, duration: float = 0, terminal: bool = False, volatile: bool = False
+    *,
+    port: int = 8765,
+    duration: float = 0,
+    terminal: bool = False,
+    volatile: bool = False,
+    proxy_port: int | None = None,
 ) -> int:
     # The page is served from this port and talks to the hub through the chaos proxy:
     # allow exactly this origin. Publishing happens in-process, but the hub is marked
@@ -214,8 +226,18 @@ async def run_demo(
     backend = DemoBackend(
         volatile=volatile,
         hub_options={"allowed_origins": f"http://127.0.0.1:{port}", "insecure_dev": True},
+        proxy_port=port + 1 if proxy_port is None else proxy_port,
     )
-    await backend.start()
+    try:
+        await backend.start()
+    except OSError as exc:
+        print(
+            f"tether demo: cannot listen on 127.0.0.1:{backend.proxy_port} for the page's "
+            f"real-time link ({exc.strerror}); pick free ports with --port (and --proxy-port)",
+            file=sys.stderr,
+        )
+        await backend.stop()
+        return 1
     web: EmbeddedServer | None = None
     watcher: asyncio.Task[None] | None = None
     if not terminal:

@@ -7,6 +7,7 @@ each state are kept in test-artifacts/ (one is in the README).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from playwright.async_api import Browser, Page
 from tether.demo import DemoBackend, create_demo_app
 from tether.server.serve import EmbeddedServer
 
+from ..processes import Proc, free_port, spawn
 from ..support import T, eventually
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -149,3 +151,57 @@ async def test_the_demo_serves_the_hubs_metrics_at_the_printed_url(
         reply = await http.get(url + "metrics")
     assert reply.status_code == 200
     assert "tether_connections" in reply.text and "tether_publishes_total" in reply.text
+
+
+async def test_a_page_left_open_recovers_when_the_demo_itself_is_restarted(
+    browser: Browser,
+) -> None:
+    # `tether demo` killed (a crash, or Ctrl-C) and started again: the page's real-time
+    # link is the chaos proxy, on a fixed port, so the open page finds the new demo.
+    port = free_port()
+    first = await start_demo(port)
+    context = await browser.new_context()
+    page = await context.new_page()
+    try:
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await wait_caught_up(page, "first demo")
+        before = await reconnects(page)
+        await first.stop(signal.SIGKILL)
+        await asyncio.sleep(20 * T)  # down for a while: the page retries meanwhile
+        second = await start_demo(port)
+        try:
+            await page.wait_for_function(
+                "(n) => window.tether.getMetrics().totalReconnects > n", arg=before, timeout=60_000
+            )
+            await page.wait_for_selector("tether-status[state=connected]", timeout=60_000)
+
+            # A new process, a new epoch: what the old one published after the kill is
+            # reported as lost ("+?": the old epoch's tail, extent unknown), and the counts
+            # start over from the page's first offset of the new epoch, and agree.
+            async def agree() -> bool:
+                rows = await counters(page)
+                return bool(rows) and all(
+                    r["gaps"] == "0+?" and r["published"] == r["delivered"] != "0"
+                    for r in rows.values()
+                )
+
+            await eventually(agree, timeout=150 * T, what="counts agree in the new epoch")
+        finally:
+            await second.stop()
+    finally:
+        await context.close()
+        await first.stop(signal.SIGKILL)
+
+
+async def start_demo(port: int) -> Proc:
+    demo = await spawn("demo", "--port", str(port))
+    async with httpx.AsyncClient() as http:
+        for _ in range(200):
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/demo/stats")).status_code == 200:
+                    return demo
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    await demo.stop(signal.SIGKILL)
+    raise AssertionError(f"tether demo did not start: {demo.err}")

@@ -4,8 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck sysdeps bench clean constants
+.PHONY: demo test lint typecheck sysdeps bench clean constants example
 JSDEPS := tests/browser/js/node_modules/.installed-stamp
+EXAMPLES_JS := examples/node_modules/.installed-stamp
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +33,19 @@ $(JSDEPS): tests/browser/js/package.json tests/browser/js/package-lock.json
 	npm ci --no-audit --no-fund --prefix tests/browser/js
 	touch $(JSDEPS)
 
+# The npm libraries the examples' pages load (examples/package.json, lockfile-pinned).
+$(EXAMPLES_JS): examples/package.json examples/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	npm ci --no-audit --no-fund --prefix examples
+	touch $(EXAMPLES_JS)
+
+# `make example NAME=maestro PORT=8800`: one of examples/<name>/, set up and running.
+NAME ?= maestro
+PORT ?= 8800
+example: $(STAMP) $(EXAMPLES_JS)
+	$(PY) examples/$(NAME)/app.py --port $(PORT)
+
 # `make demo DEMO_PORT=9000` serves the dashboard on another port.
 DEMO_PORT ?= 8765
 demo: $(STAMP)
@@ -49,7 +63,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict src
 
-test: lint typecheck sysdeps $(JSDEPS)
+test: lint typecheck sysdeps $(JSDEPS) $(EXAMPLES_JS)
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
@@ -60,4 +74,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/http_publish.py
 
 clean:
-	rm -rf $(VENV) tests/browser/js/node_modules build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) tests/browser/js/node_modules examples/node_modules build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -103,7 +103,7 @@ export class TetherClient extends EventTarget {
       ...Object.keys(DEFAULTS),
       "onStateChange", "onReconnect", "onResync", "onError",
       ...Object.keys(BROWSER_DEFAULTS),
-      "persistCursors", "storage", "debug", "WebSocket", "token", "getToken", "shared",
+      "persistCursors", "storage", "debug", "helpers", "WebSocket", "token", "getToken", "shared",
     ]);
     for (const key of Object.keys(options)) {
       if (!known.has(key)) throw new TypeError(`unknown Tether option '${key}'`);
@@ -173,6 +173,9 @@ export class TetherClient extends EventTarget {
     };
     this._stored = this._loadCursors();
     if (debug) this._installDebug(debug);
+    // helpers: a name: the same helpers at window[name] in every mode, for pages (an
+    // overlay) that are driven from the console or a test while not in debug mode.
+    if (options.helpers) this._installDebug(options.helpers);
   }
 
   // --- public API ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -76,13 +77,31 @@ async def spawn(*args: str) -> Proc:
 async def serve(port: int, *flags: str) -> Proc:
     """``tether serve --insecure-dev`` on ``port``, returned once /healthz answers."""
     server = await spawn("serve", "--insecure-dev", "--port", str(port), *flags)
+    return await serving(server, f"http://127.0.0.1:{port}/healthz")
+
+
+async def spawn_script(script: Path, *args: str, env: dict[str, str] | None = None) -> Proc:
+    """``python script args...`` (an example app), with extra environment variables."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    return Proc(proc)
+
+
+async def serving(proc: Proc, url: str, attempts: int = 300) -> Proc:
+    """``proc`` once ``url`` answers 200; killed, with its stderr, if it never does."""
     async with httpx.AsyncClient() as http:
-        for _ in range(200):
+        for _ in range(attempts):
             try:
-                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                    return server
+                if (await http.get(url)).status_code == 200:
+                    return proc
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.05)
-    await server.stop(signal.SIGKILL)
-    raise AssertionError(f"tether serve did not start: {server.err}")
+    await proc.stop(signal.SIGKILL)
+    raise AssertionError(f"{url} never answered: {proc.err}")

@@ -21,7 +21,7 @@ from playwright.async_api import Browser, Page
 from tether.demo import DemoBackend, create_demo_app
 from tether.server.serve import EmbeddedServer
 
-from ..processes import Proc, free_port, spawn
+from ..processes import Proc, free_port, serving, spawn
 from ..support import T, eventually
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -194,14 +194,6 @@ async def test_a_page_left_open_recovers_when_the_demo_itself_is_restarted(
 
 
 async def start_demo(port: int) -> Proc:
-    demo = await spawn("demo", "--port", str(port))
-    async with httpx.AsyncClient() as http:
-        for _ in range(200):
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/demo/stats")).status_code == 200:
-                    return demo
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-    await demo.stop(signal.SIGKILL)
-    raise AssertionError(f"tether demo did not start: {demo.err}")
+    return await serving(
+        await spawn("demo", "--port", str(port)), f"http://127.0.0.1:{port}/demo/stats"
+    )

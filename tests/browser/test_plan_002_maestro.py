@@ -8,9 +8,7 @@ here that proves it.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page
 
-from ..processes import Proc, free_port
+from ..processes import Proc, free_port, serving, spawn_script
 from ..support import eventually
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "maestro" / "app.py"
@@ -41,29 +39,11 @@ class Maestro:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "TETHER_HEARTBEAT_INTERVAL": str(self.heartbeat),
-        }
-        args = [str(APP), "--port", str(self.port), "--data", str(self.data), *self.flags]
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
+        args = ["--port", str(self.port), "--data", str(self.data), *self.flags]
+        proc = await spawn_script(
+            APP, *args, env={"TETHER_HEARTBEAT_INTERVAL": str(self.heartbeat)}
         )
-        self.proc = Proc(process)
-        async with httpx.AsyncClient() as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(self.url + "/api/tasks")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"maestro did not start: {self.proc.err}")
+        self.proc = await serving(proc, self.url + "/api/tasks")
 
     async def kill(self) -> None:
         if self.proc is not None:

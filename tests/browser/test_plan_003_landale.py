@@ -7,9 +7,7 @@ examples/landale/README.md maps each line to the configuration and to the test h
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page
 
-from ..processes import Proc, free_port
+from ..processes import Proc, free_port, serving, spawn_script
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "landale" / "app.py"
 DEADLINE = 60_000
@@ -46,28 +44,8 @@ class Landale:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(APP),
-            "--port",
-            str(self.port),
-            "--interval",
-            "0.2",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-        )
-        self.proc = Proc(process)
-        async with httpx.AsyncClient() as http:
-            for _ in range(300):
-                try:
-                    if (await http.get(self.url + "/overlay/config")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"landale did not start: {self.proc.err}")
+        proc = await spawn_script(APP, "--port", str(self.port), "--interval", "0.2", env=self.env)
+        self.proc = await serving(proc, self.url + "/overlay/config")
 
     async def kill(self) -> None:
         if self.proc is not None:

@@ -193,22 +193,22 @@ class RawTransportLink(_Backlog):
         self._raw.close(code, reason, abort_after=abort_after)
 
 
-class QueuedAsgiLink(_Backlog):
-    """Fallback for any ASGI server: a bounded queue drained by one writer task."""
+class QueuedLink(_Backlog):
+    """A link whose frames wait in a bounded queue for a writer to drain (``_ready`` wakes
+    it): the ASGI fallback below, and the fallback transport's event stream (``sse``)."""
 
-    __slots__ = ("_close", "_queue", "_queued_bytes", "_ready", "_send", "_task")
+    __slots__ = ("_close", "_queue", "_queued_bytes", "_ready")
 
-    def __init__(self, send: ASGISend, **options: Unpack[LinkOptions]) -> None:
+    def __init__(self, **options: Unpack[LinkOptions]) -> None:
         super().__init__(**options)
-        self._send = send
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._ready = asyncio.Event()
         self._close: tuple[int, str] | None = None
-        self._task = asyncio.get_running_loop().create_task(self._writer())
 
     def __repr__(self) -> str:
-        return f"<QueuedAsgiLink {self.session.id} queued={len(self._queue)} closed={self.closed}>"
+        name = type(self).__name__
+        return f"<{name} {self.session.id} queued={len(self._queue)} closed={self.closed}>"
 
     def send_frames(self, frames: list[bytes], *, replay_of: str | None = None) -> None:
         if self.closed:
@@ -236,6 +236,17 @@ class QueuedAsgiLink(_Backlog):
             self._queued_bytes = 0
         self._close = (code, reason)
         self._ready.set()
+
+
+class QueuedAsgiLink(QueuedLink):
+    """Fallback for any ASGI server: a bounded queue drained by one writer task."""
+
+    __slots__ = ("_send", "_task")
+
+    def __init__(self, send: ASGISend, **options: Unpack[LinkOptions]) -> None:
+        super().__init__(**options)
+        self._send = send
+        self._task = asyncio.get_running_loop().create_task(self._writer())
 
     async def _writer(self) -> None:
         try:

@@ -21,7 +21,6 @@ import binascii
 import json
 import random
 import secrets
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Unpack
 
@@ -31,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..errors import CloseCode, ErrorCode
 from ..protocol import Count, Cursor, Subscribe, Subscribed, Topic, encode, message_envelope
-from .links import LinkOptions, _Backlog
+from .links import LinkOptions, QueuedLink
 from .ports import AppHost
 
 #: Frames one POST may carry: what a client queued while its previous POST was in flight
@@ -96,10 +95,10 @@ def _hint_ms(reason: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-class SseLink(_Backlog):
+class SseLink(QueuedLink):
     """One session's event stream: a bounded queue of frames the response drains."""
 
-    __slots__ = ("_close", "_gone", "_queue", "_queued_bytes", "_ready", "cursors", "secret")
+    __slots__ = ("_gone", "cursors", "secret")
 
     def __init__(self, **options: Unpack[LinkOptions]) -> None:
         super().__init__(**options)
@@ -107,40 +106,7 @@ class SseLink(_Backlog):
         self.secret = secrets.token_urlsafe(24)
         #: Each subscription's position as last written (the ``id:`` of each event).
         self.cursors: dict[str, tuple[str, int]] = {}
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._ready = asyncio.Event()
-        self._close: tuple[int, str] | None = None
         self._gone = False
-
-    def __repr__(self) -> str:
-        return f"<SseLink {self.session.id} queued={len(self._queue)} closed={self.closed}>"
-
-    def send_frames(self, frames: list[bytes], *, replay_of: str | None = None) -> None:
-        if self.closed:
-            return
-        size = 0
-        for frame in frames:
-            self._queue.append(frame)
-            size += len(frame)
-        self._queued_bytes += size
-        if replay_of is not None:
-            self._grant(replay_of, size)
-        self._ready.set()
-        self._check_backlog(self._queued_bytes)
-
-    def deliver(self, batch: Any) -> None:
-        self.send_frames(batch.frames)
-
-    def close(self, code: int, reason: str, *, abort_after: float | None = None) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if abort_after is not None:  # a slow consumer: what is queued would only delay it
-            self._queue.clear()
-            self._queued_bytes = 0
-        self._close = (code, reason)
-        self._ready.set()
 
     def gone(self) -> None:
         """The client went away: stop writing."""

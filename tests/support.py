@@ -60,8 +60,13 @@ async def eventually(
     *,
     timeout: float = 100 * T,
     what: str = "condition",
+    explain: Callable[[], Awaitable[str]] | None = None,
 ) -> None:
-    """Wait until ``predicate()`` (sync or async) holds; fail naming ``what`` after ``timeout``."""
+    """Wait until ``predicate()`` (sync or async) holds; fail naming ``what`` after ``timeout``.
+
+    ``explain``, when given, says what was seen instead: its text ends the failure, so
+    a rare failure on CI can be understood from its log alone.
+    """
     deadline = time.monotonic() + timeout
 
     async def holds() -> bool:
@@ -70,7 +75,8 @@ async def eventually(
 
     while not await holds():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+            seen = f"; seen: {await explain()}" if explain is not None else ""
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}{seen}")
         await asyncio.sleep(min(0.01, T / 10))
 
 

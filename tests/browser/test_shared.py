@@ -162,7 +162,12 @@ async def test_closing_the_tab_that_holds_the_connection_costs_the_others_nothin
     await first.page.close()
     await publishing
     for tab in others:
-        await eventually(lambda tab=tab: _offsets(tab, "t", 60), what="every offset once, in order")
+        await eventually(
+            lambda tab=tab: _offsets(tab, "t", 60),
+            timeout=300 * T,
+            what="every offset once, in order",
+            explain=lambda tab=tab: _seen(tab, "t", hub_server),
+        )
         assert (await tab.rec())["resyncs"] == []
         assert await tab.state() == "connected"
         assert tab.errors == []
@@ -193,6 +198,15 @@ async def test_a_send_retried_across_a_leader_takeover_runs_once(
     await hub_server.hub.publish("t", "after")
     await eventually(lambda: _offsets(follower, "t", 1), what="the follower, now leading, receives")
     assert follower.errors == []
+
+
+async def _seen(tab: BrowserClient, topic: str, hub: HubServer) -> str:
+    rec = await tab.rec()
+    return (
+        f"offsets {await tab.offsets(topic)}, state {await tab.state()}, "
+        f"resyncs {rec['resyncs']}, metrics {await tab.metrics()}, "
+        f"hub connections {await hub_connections(hub)}"
+    )
 
 
 async def _offsets(tab: BrowserClient, topic: str, n: int) -> bool:

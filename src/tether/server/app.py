@@ -72,7 +72,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
 
 
-def create_app(hub: AppHost) -> Starlette:
+def create_app(hub: AppHost, *, ws_path: str = "/ws") -> Starlette:
     limit = hub.config.max_frame_bytes
     registry = make_registry(hub)
 
@@ -234,9 +234,10 @@ def create_app(hub: AppHost) -> Starlette:
 
     return Starlette(
         routes=[
-            WebSocketRoute("/ws", websocket_endpoint),
-            Route("/ws/events", EventStream(hub, sse_links), methods=["GET", "OPTIONS"]),
-            Route("/ws/frames", post_frames(hub, sse_links), methods=["POST", "OPTIONS"]),
+            WebSocketRoute(ws_path, websocket_endpoint),
+            # The fallback lives under the WebSocket's path: clients derive it from the URL.
+            Route(ws_path + "/events", EventStream(hub, sse_links), methods=["GET", "OPTIONS"]),
+            Route(ws_path + "/frames", post_frames(hub, sse_links), methods=["POST", "OPTIONS"]),
             Route("/publish", publish, methods=["POST"]),
             Route("/telemetry", telemetry_endpoint(hub), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),

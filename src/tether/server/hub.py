@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import secrets
 import time
 from collections import deque
@@ -80,6 +81,9 @@ from .session import (
     error_frame,
 )
 from .stats import HubStats
+
+#: What ``asgi(ws_path=)`` accepts: absolute, no trailing slash, URL-safe segments.
+WS_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 
 logger = logging.getLogger("tether.hub")
 
@@ -930,8 +934,17 @@ class Hub:
         self.close_all()
         await self.aclose()
 
-    def asgi(self) -> Any:
-        """The hub's ASGI app (``/ws``, ``POST /publish``, ``GET /healthz``)."""
+    def asgi(self, *, ws_path: str = "/ws") -> Any:
+        """The hub's ASGI app (``/ws``, ``POST /publish``, ``GET /healthz``, ``/metrics``).
+
+        ``ws_path`` moves the WebSocket (and its HTTP fallback, ``<ws_path>/events`` and
+        ``<ws_path>/frames``), for an app whose clients already dial a path of its own,
+        e.g. ``app.mount("/", hub.asgi(ws_path="/ws/updates"))`` as the last route.
+        """
         from .app import create_app
 
-        return create_app(self)
+        if not WS_PATH.fullmatch(ws_path):
+            raise ValueError(
+                f"ws_path must be an absolute path like /ws or /ws/updates, not {ws_path!r}"
+            )
+        return create_app(self, ws_path=ws_path)

@@ -13,7 +13,8 @@ The canonical shapes (docs/protocol.md has the frames):
   missing, cursor}; ``confirmed`` {topic, recovered, cursor}; ``resolved`` {id, ok,
   result | code, message}; ``welcome`` {session}; ``error`` {code, ref} (not the
   message: decoder wording differs by language); ``refused`` {topic, code, message};
-- frames out: parsed JSON objects; counters and lifecycle fields: snake_case names.
+- frames out: parsed JSON objects; counters, lifecycle fields and `session_id` (the hub's
+  id for the connection, from `welcome`): snake_case names.
 
 An ``expect`` holds only what the step checks: a missing key is not compared, and
 ``counters`` compares only the counters it names. The expected string ``"$any-string"``
@@ -216,6 +217,7 @@ def run_session(vector: dict[str, Any]) -> list[dict[str, Any]]:
         out["app_cursors"] = {t: _cursor(session.app_cursor(t)) for t in session.topics}
         out["live"] = {t: session.is_live(t) for t in session.topics}
         out["outbox"] = len(session.outbox)
+        out["session_id"] = session.session_id
         results.append(out)
     return results
 

@@ -128,6 +128,7 @@ function runSession(vector) {
     out.app_cursors = Object.fromEntries([...session.subs.keys()].map((t) => [t, cursor(session.appCursor(t))]));
     out.live = Object.fromEntries([...session.subs.keys()].map((t) => [t, session.isLive(t)]));
     out.outbox = session.outbox.size;
+    out.session_id = session.sessionId;
     return out;
   });
 }

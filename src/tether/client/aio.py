@@ -225,6 +225,14 @@ class Client:
         return self._life.state
 
     @property
+    def session_id(self) -> str | None:
+        """The hub's id for the current connection (``welcome.session``, as in its logs).
+
+        ``None`` while not connected.
+        """
+        return self._session.session_id
+
+    @property
     def metrics(self) -> ClientMetrics:
         c = self._session.counters
         life = self._life

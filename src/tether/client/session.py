@@ -221,6 +221,9 @@ class ClientSession:
         #: The hub's ``max_frame_bytes`` (from ``welcome``): a bigger frame would be closed
         #: with 1009, and re-sent after every reconnect, for ever.
         self.max_frame_bytes: int | None = None
+        #: The hub's id for the current connection (``welcome.session``): what its logs
+        #: call this client. ``None`` while not connected.
+        self.session_id: str | None = None
         #: Outbox items too big for this hub, removed at connect; the driver fails them.
         self.refused: list[OutboxItem] = []
 
@@ -385,6 +388,7 @@ class ClientSession:
 
     def connection_lost(self) -> None:
         self.connected = False
+        self.session_id = None
         self._paced.clear()  # never written: connection_opened rebuilds what is needed
         for sub in self._subs.values():
             sub.confirmed = False
@@ -482,6 +486,7 @@ class ClientSession:
                 return [Resolved(item, True, result=frame.result)], []
             return [Resolved(item, False, code=frame.code, message=frame.message)], []
         if isinstance(frame, Welcome):
+            self.session_id = frame.session
             self.heartbeat_interval = frame.heartbeat_ms / 1000
             self.heartbeat_timeout = frame.heartbeat_timeout_ms / 1000
             self.max_frame_bytes = frame.limits.max_frame_bytes

@@ -129,9 +129,14 @@ class Handshake:
 class _LinkState:
     """Per-connection hub bookkeeping for in-order client->hub message handling."""
 
-    __slots__ = ("expiry", "queue", "sends_queued", "worker")
+    __slots__ = ("closed_with", "expiry", "opened_at", "queue", "sends_queued", "worker")
 
-    def __init__(self) -> None:
+    def __init__(self, opened_at: float) -> None:
+        #: When the hub started serving it (monotonic), for the closing log's duration.
+        self.opened_at = opened_at
+        #: ``(code, reason)`` when the hub closed it; ``None`` when the client or the
+        #: network did.
+        self.closed_with: tuple[int, str] | None = None
         #: Commands waiting for the one ahead of them (a running handler), in arrival
         #: order. Created on first use: most connections never send, and an idle
         #: connection's footprint is what lets one node hold many.
@@ -384,7 +389,7 @@ class Hub:
             self.stats.publishes_failed += 1
             raise
         finally:
-            self.stats.observe_publish(self._clock() - started)
+            self.stats.publish_seconds.observe(self._clock() - started)
         return self._published(entry)
 
     def _publish_now(self, topic: str, data: msgspec.Raw) -> Entry:
@@ -413,7 +418,9 @@ class Hub:
 
     def _flush(self) -> None:
         self._flush_handle = None
+        started = self._clock()
         self.fanout.flush()
+        self.stats.fanout_seconds.observe(self._clock() - started)
 
     def _request_repair(self, topic: str, after: Cursor) -> None:
         """The feed skipped an entry of ``topic`` (or may have): read history after ``after``."""
@@ -544,8 +551,21 @@ class Hub:
 
     def attach(self, link: Link) -> None:
         """Start serving ``link``: sends ``welcome`` and starts the heartbeat if needed."""
-        state = self._links[link] = _LinkState()
+        state = self._links[link] = _LinkState(self._clock())
         self._schedule_expiry(link, state)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "connection %s opened by %s from %s",
+                link.session.id,
+                link.identity.subject or "an anonymous client",
+                link.address or "?",
+                extra={
+                    "event": "connection_opened",
+                    "session": link.session.id,
+                    "subject": link.identity.subject,
+                    "address": link.address,
+                },
+            )
         self.admission.opened(link.address, self._counted_subject(link))
         link.session.can = lambda action, topic: self.allowed(link.identity, action, topic)
         self.stats.connections_total += 1
@@ -568,6 +588,8 @@ class Hub:
                 state.expiry.cancel()
             self.stats.disconnections += 1
             self.admission.closed(link.address, self._counted_subject(link))
+            if logger.isEnabledFor(logging.INFO):
+                self._log_closed(link, state)
         for topic in link.session.topics:
             self._unsubscribe(link, topic)
         link.session.topics.clear()
@@ -576,6 +598,26 @@ class Hub:
             # queued ones never started, so a retry on the next connection will run them.
             state.queue.clear()
             state.sends_queued = 0
+
+    def _log_closed(self, link: Link, state: _LinkState) -> None:
+        duration = self._clock() - state.opened_at
+        code, reason = state.closed_with or (None, "by the client or the network")
+        logger.info(
+            "connection %s closed after %.1f s (%s)",
+            link.session.id,
+            duration,
+            reason if code is None else f"{code} {reason}",
+            extra={
+                "event": "connection_closed",
+                "session": link.session.id,
+                "subject": link.identity.subject,
+                "address": link.address,
+                "duration_s": round(duration, 3),
+                "close_code": code,
+                "close_reason": reason,
+                "subscriptions": len(link.session.topics),
+            },
+        )
 
     def touch(self, link: Link) -> None:
         """A sign of life from ``link`` that carries no frame (a WebSocket ping or pong)."""
@@ -699,6 +741,9 @@ class Hub:
 
     def _cut(self, link: Link, code: int, reason: str, *, abort_after: float | None) -> None:
         """Close ``link`` from the hub's side and forget it now (not when TCP finishes)."""
+        state = self._links.get(link)
+        if state is not None:
+            state.closed_with = (code, reason)
         link.close(code, reason, abort_after=abort_after)
         self.detach(link)  # idempotent: the transport's own close will call it again
 
@@ -862,8 +907,9 @@ class Hub:
     def close_all(self, code: int = CloseCode.SERVICE_RESTART) -> None:
         """Close every connection (1012 with a retry hint by default)."""
         self.closing = True
-        for link in list(self._links):
+        for link, state in list(self._links.items()):
             reason = self.restart_reason() if code == CloseCode.SERVICE_RESTART else "closing"
+            state.closed_with = (code, reason)
             link.close(code, reason)
 
     async def drain(self, timeout: float | None = None) -> None:

@@ -243,6 +243,7 @@ class ClientMessages:
             session=link.session.id,
             identity=link.identity,
         )
+        started = self._clock()
         try:
             result = await handler(incoming)
             return encode(Ack(id=frame.id, result=encode_data(result)))
@@ -253,3 +254,5 @@ class ClientMessages:
             return encode(
                 Nack(id=frame.id, code=ErrorCode.HANDLER_ERROR, message="the handler failed")
             )
+        finally:
+            self.stats.handler_seconds.observe(self._clock() - started)

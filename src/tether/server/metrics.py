@@ -7,6 +7,7 @@ the collector reads :class:`~tether.server.stats.HubStats` when scraped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,7 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .ports import AppHost
-from .stats import PUBLISH_BUCKETS
+from .stats import Histogram
 
 COUNTERS = {
     "connections_total": ("tether_connections_opened", "WebSocket sessions opened"),
@@ -122,17 +123,29 @@ class HubCollector(Collector):
         for kind, count in sorted(stats.client_events.items()):
             events.add_metric([kind], count)
         yield events
-        if stats.publish_seconds_count:
-            cumulative, buckets = 0, []
-            for bound, count in zip(PUBLISH_BUCKETS, stats.publish_seconds, strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            yield HistogramMetricFamily(
+        yield _histogram(
+            "tether_handler_seconds",
+            "How long client message handlers (@hub.on) ran, whatever their outcome",
+            stats.handler_seconds,
+        )
+        yield _histogram(
+            "tether_fanout_seconds",
+            "One loop turn's fan-out: pending messages written to every local subscriber",
+            stats.fanout_seconds,
+        )
+        if stats.publish_seconds.count:
+            yield _histogram(
                 "tether_redis_publish_seconds",
                 "Round trip of a publish through Redis (offset, history and notification)",
-                buckets=buckets,
-                sum_value=stats.publish_seconds_sum,
+                stats.publish_seconds,
             )
+
+
+def _histogram(name: str, doc: str, histogram: Histogram) -> HistogramMetricFamily:
+    buckets = [
+        ("+Inf" if le == math.inf else repr(le), count) for le, count in histogram.cumulative()
+    ]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=histogram.sum)
 
 
 def make_registry(hub: AppHost) -> CollectorRegistry:

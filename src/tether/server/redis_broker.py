@@ -76,7 +76,6 @@ import itertools
 import logging
 import math
 import re
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -104,6 +103,7 @@ from .redis_scripts import (
     redact_url,
     unavailable,
 )
+from .stats import Histogram
 
 logger = logging.getLogger("tether.redis")
 
@@ -126,35 +126,6 @@ PUBLISH_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 # The publish time of a frame the scripts wrote; the first match is the real field,
 # as neither topic nor epoch can hold a quote.
 _TS = re.compile(rb',"ts":(-?[0-9]{1,16}),"data":')
-
-
-@dataclass(slots=True)
-class Histogram:
-    """A fixed-bucket histogram for ``/metrics``, without any global registry.
-
-    ``counts[i]`` counts observations in ``(bounds[i-1], bounds[i]]``; the last slot
-    those above every bound. :meth:`cumulative` gives Prometheus's ``le`` series.
-    """
-
-    bounds: tuple[float, ...]
-    counts: list[int]
-    sum: float = 0.0
-    count: int = 0
-
-    @classmethod
-    def of(cls, bounds: Iterable[float]) -> Histogram:
-        ordered = tuple(sorted(bounds))
-        return cls(ordered, [0] * (len(ordered) + 1))
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[float, int]]:
-        """``(le, observations <= le)`` for every bound, then ``(inf, count)``."""
-        running = list(itertools.accumulate(self.counts))
-        return [*zip(self.bounds, running, strict=False), (math.inf, self.count)]
 
 
 @dataclass(slots=True)

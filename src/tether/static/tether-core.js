@@ -248,6 +248,7 @@ export class Session {
     this.probeSent = 0; // a late check's probe: sent at, and dead if nothing arrives by
     this.probeDeadline = null;
     this.maxFrameBytes = null; // the hub's, from welcome
+    this.sessionId = null; // the hub's id for this connection (welcome.session): its logs' name for us
     this.refused = []; // outbox items too big for the hub, removed at connect
     this.bucket = null; // the hub's inbound rate, scaled by the PACE_* shares
     this.paced = []; // subscribe/unsubscribe frames waiting for the bucket, in order
@@ -387,6 +388,7 @@ export class Session {
   }
   connectionLost() {
     this.connected = false;
+    this.sessionId = null;
     this.paced = []; // never written: connectionOpened rebuilds what is needed
     for (const sub of this.subs.values()) sub.confirmed = false;
     this.outbox.markAllUnsent();
@@ -479,6 +481,7 @@ export class Session {
         };
       }
       case "welcome":
+        this.sessionId = frame.session;
         this.heartbeatInterval = frame.heartbeat_ms / 1000;
         this.heartbeatTimeout = frame.heartbeat_timeout_ms / 1000;
         this.maxFrameBytes = frame.limits.max_frame_bytes;

@@ -10,6 +10,12 @@
 // (tether.client). Options use the Python names in camelCase and the same units
 // (seconds); docs/configuration.md lists them with the reason for each default.
 //
+// DOM events (client.addEventListener, each with a `detail`): `statechange` {from, to};
+// `connected` {sessionId, reconnect} on every welcome (sessionId is the hub's id for the
+// connection, as in its logs); `reconnect` {} after a drop, never on the first connect;
+// `resync` {topic, missing}; `message` (the message); `retry` {in} (seconds until the
+// next attempt); `topicstate` {topic, live}.
+//
 // Theory of operation
 // -------------------
 // Three modules, no build step. tether-constants.js is generated from the Python source
@@ -184,6 +190,11 @@ export class TetherClient extends EventTarget {
     return this._life.state;
   }
 
+  /** The hub's id for the current connection (`welcome.session`, as in its logs); null while offline. */
+  get sessionId() {
+    return this._session.sessionId;
+  }
+
   metrics() {
     const c = this._session.counters;
     const t = now();
@@ -291,6 +302,7 @@ export class TetherClient extends EventTarget {
     }
     const ws = this._ws;
     this._ws = null;
+    if (this._session.connected) this._session.connectionLost(); // as the Python driver's
     if (ws) {
       detach(ws);
       try {
@@ -500,6 +512,8 @@ export class TetherClient extends EventTarget {
     for (const f of frames) ws.send(f);
     this._pump(); // schedules what the hub's rate makes wait
     if (reconnect) this._enqueue({ kind: "reconnected" });
+    // Every welcome, first or not, with the hub's id for this connection (its logs' name).
+    this._emit("connected", { sessionId: this._session.sessionId, reconnect });
     this._heartbeat(ws);
     this._scheduleRefresh(ws);
   }

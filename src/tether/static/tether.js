@@ -12,7 +12,9 @@
 //
 // DOM events (client.addEventListener, each with a `detail`): `statechange` {from, to};
 // `connected` {sessionId, reconnect} on every welcome (sessionId is the hub's id for the
-// connection, as in its logs); `reconnect` {} after a drop, never on the first connect;
+// connection, as in its logs); `disconnected` {code, reason, wasConnected} on every close
+// of the socket, a refused attempt's too (code 1008: the token was refused); `reconnect`
+// {} after a drop, never on the first connect;
 // `resync` {topic, missing}; `message` (the message); `retry` {in} (seconds until the
 // next attempt); `topicstate` {topic, live}.
 //
@@ -684,6 +686,8 @@ export class TetherClient extends EventTarget {
     const wasConnected = this.state === State.CONNECTED;
     if (wasConnected) this._session.connectionLost();
     this._log("info", `connection closed: ${code} ${reason || ""}`);
+    // Before the state changes, so a listener can tell why it will (1008: sign in again).
+    this._emit("disconnected", { code, reason: reason || "", wasConnected });
     if (!wasConnected) {
       this._attemptFailed(handshakeClosed(code, reason, { canRefresh: !!this.getToken }), code);
       return;

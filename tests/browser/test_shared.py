@@ -9,18 +9,29 @@ offset still arrives exactly once, and a send retried across the takeover runs o
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from playwright.async_api import Browser, BrowserContext
 
 from tether import Incoming
 from tether.server.serve import HubServer
 
+from ..conftest import StartHub
 from ..support import T, eventually
 from .conftest import BrowserClient
+
+SECRET = "shared-tabs-secret-shared-tabs-secret"
+
+
+def token_for(user: str) -> str:
+    return jwt.encode({"sub": user, "exp": int(time.time() + 600), "topics": ["t"]}, SECRET)
+
 
 SCALED = {"backoffBase": T, "backoffCap": 5 * T, "connectTimeout": 50 * T, "persistCursors": False}
 WAYS = ["worker", "locks"]
@@ -49,6 +60,17 @@ class Tab(BrowserClient):
         for topic in topics:
             await tab.subscribe(topic)
         await eventually(lambda: tab.live(*topics), what=f"{topics} live in a new tab")
+        return tab
+
+    @classmethod
+    async def open_as(cls, context: BrowserContext, hub: HubServer, way: str, user: str) -> Tab:
+        """A page whose shared client offers ``user``'s token."""
+        page = await context.new_page()
+        tab = cls(page)
+        tab.errors = []
+        page.on("pageerror", lambda exc: tab.errors.append(str(exc)))
+        await page.goto(hub.http_url + "/healthz")
+        await tab.start(hub.url, shared=way, token=token_for(user), **SCALED)
         return tab
 
     async def live(self, *topics: str) -> bool:
@@ -215,3 +237,31 @@ async def _offsets(tab: BrowserClient, topic: str, n: int) -> bool:
 
 async def _equals(value: Any, expected: Any) -> bool:
     return await value == expected
+
+
+@pytest.mark.parametrize("way", WAYS)
+async def test_a_tab_signed_in_as_someone_else_never_rides_on_their_connection(
+    context: BrowserContext, start_hub: StartHub, way: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The hub decides what a connection may see from the token it was opened with.
+    caplog.set_level(logging.INFO, logger="tether.hub")
+    hub = await start_hub(jwt_secret=SECRET, insecure_dev=False)
+    alice, bob = (
+        await Tab.open_as(context, hub, way, "alice"),
+        await Tab.open_as(context, hub, way, "bob"),
+    )
+    await eventually(lambda: _equals(bob.state(), "failed"), what="bob refused")
+    assert (await bob.metrics())["lastError"].startswith("closed during handshake: 1008")
+    assert await alice.state() == "connected" and await hub_connections(hub) == 1.0
+    # Alice signs out and bob signs in in her tab, while her connection lingers: bob
+    # gets a connection of his own.
+    await alice.call("() => window.client.close()")
+    await alice.start(hub.url, shared=way, token=token_for("bob"), **SCALED)
+    await eventually(lambda: _equals(alice.state(), "connected"), what="bob in alice's tab")
+    subjects = [
+        getattr(r, "subject", None)
+        for r in caplog.records
+        if getattr(r, "event", "") == "connection_opened"
+    ]
+    assert subjects == ["alice", "bob"]
+    await eventually(lambda: _equals(hub_connections(hub), 1.0), what="alice's connection closed")

@@ -877,3 +877,16 @@ export class Lifecycle {
     return this.config.circuitCooldown;
   }
 }
+
+// A JWT's claims, read without verifying it (the hub verifies): null if it is not one.
+// Clients read `exp` (when to refresh) and `sub` (whose a shared connection is).
+export function tokenClaims(token) {
+  if (!token) return null;
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+    return claims !== null && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
+}

@@ -33,11 +33,14 @@
 // closes, the lock passes to another tab, which announces itself; every tab's virtual
 // sockets then close with 1012 and a zero `retry_after_ms`, so each client reconnects at
 // once (through the new leader) and resumes from its cursors: no gap, no duplicate.
+// A connection is its first socket's user's (the token's `sub`): a socket offering another
+// user's token is refused with 1008 while that user's tabs hold it, and gets a fresh
+// connection once they have let go (a sign-out then sign-in within the linger time).
 // Either way a tab holds a lock named after it for its lifetime, so the connection's
 // owner learns when a tab is gone (closed, crashed, navigated away) and drops its share.
 
-import { CloseCode } from "./tether-constants.js";
-import { Outbox, Session } from "./tether-core.js";
+import { CloseCode, TOKEN_SUBPROTOCOL_PREFIX } from "./tether-constants.js";
+import { Outbox, Session, tokenClaims } from "./tether-core.js";
 
 // More virtual sockets than this on one hub connection is a runaway page (a client
 // created in a loop), not tabs a person opened: refuse it rather than grow without bound.
@@ -61,6 +64,16 @@ const TAKEOVER_CLOSE = { code: CloseCode.SERVICE_RESTART, reason: JSON.stringify
 const MESSAGE_START = /^\{"type":"message","topic":"([A-Za-z0-9_.:/*-]{1,200})"/;
 
 const now = () => performance.now() / 1000;
+
+// Whose a connection is: the `sub` of the token its first socket offered (null: none).
+// The hub decides what a connection may see from the token it was opened with, so a
+// socket signed in as someone else must never ride on it (a refreshed token keeps `sub`).
+function subjectOf(protocols) {
+  const offered = (protocols || []).find((p) => p.startsWith(TOKEN_SUBPROTOCOL_PREFIX));
+  if (!offered) return null;
+  const claims = tokenClaims(offered.slice(TOKEN_SUBPROTOCOL_PREFIX.length));
+  return claims && typeof claims.sub === "string" ? claims.sub : "?";
+}
 
 function randomId() {
   const bytes = new Uint8Array(8);
@@ -88,6 +101,7 @@ export class SharedConnection {
     this._session = null; // heartbeat only: pings, pongs, the late-check rule
     this._heartbeatTimer = null;
     this._lingerTimer = null;
+    this._subject = null; // whose the real socket is (subjectOf), while there is one
     this._reset();
   }
 
@@ -109,10 +123,24 @@ export class SharedConnection {
       post({ op: "closed", sock, code: CloseCode.TRY_AGAIN_LATER, reason: "too many tabs share this connection" });
       return;
     }
+    const subject = subjectOf(protocols);
+    if (this._ws !== null && subject !== this._subject) {
+      if (this.sockets.size > 0) {
+        // Another user's tabs hold this connection: refuse, as the hub would refuse a
+        // token for the wrong user, rather than serve one user's tab another's data.
+        const reason = "another user's tabs share this browser's connection: sign out there, or connect with shared: false";
+        post({ op: "closed", sock, code: CloseCode.POLICY_VIOLATION, reason });
+        return;
+      }
+      this._closeLink(CloseCode.NORMAL, "signed in as someone else"); // lingering after a sign-out
+    }
     clearTimeout(this._lingerTimer);
     this.sockets.set(sock, { post, live: false, tab });
     if (this._welcome !== null) this._live(sock);
-    else if (this._ws === null) this._connect(protocols);
+    else if (this._ws === null) {
+      this._subject = subject;
+      this._connect(protocols);
+    }
   }
 
   send(sock, text) {

@@ -53,6 +53,7 @@ import {
   failure,
   handshakeClosed,
   refreshDelay,
+  tokenClaims,
 } from "./tether-core.js";
 import { SseSocket } from "./tether-sse.js";
 import { Telemetry, telemetryUrl } from "./tether-telemetry.js";
@@ -820,14 +821,8 @@ export function defaultUrl(path = "/ws") {
 
 // A JWT's exp (seconds), read without verification: the hub verifies.
 export function tokenExpiry(token) {
-  if (!token) return null;
-  try {
-    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
-    const claims = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
-    return typeof claims.exp === "number" ? claims.exp : null;
-  } catch {
-    return null;
-  }
+  const claims = tokenClaims(token);
+  return claims !== null && typeof claims.exp === "number" ? claims.exp : null;
 }
 
 function pick(obj, keys) {

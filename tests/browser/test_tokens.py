@@ -103,3 +103,42 @@ async def test_a_forbidden_subscribe_is_reported_and_not_retried_on_reconnect(
     await until(restored, what="'t' restored after a drop")
     assert server.hub.stats.forbidden == 1  # the refused topic was not asked for again
     await page.close()
+
+
+async def test_a_token_source_that_hangs_fails_the_attempt_and_never_means_fallback(
+    browser: Browser, start_hub: StartHub
+) -> None:
+    server, page = await secure_page(browser, start_hub)
+    await page.expose_function("mintToken", lambda: make_token(ttl=600))
+    await page.evaluate(
+        """async ([url, options]) => {
+            const t = await import('/tether.js');
+            window.hang = true;  // the app's token endpoint is down: its fetch never settles
+            const getToken = () => (window.hang ? new Promise(() => {}) : window.mintToken());
+            window.client = t.connect(url, { ...options, getToken });
+        }""",
+        [
+            server.url,
+            {
+                "backoffBase": T,
+                "backoffCap": 2 * T,
+                "connectTimeout": 5 * T,
+                "transport": "auto",
+                "fallbackAfter": 1,
+            },
+        ],
+    )
+
+    async def failed_twice() -> bool:
+        m = await page.evaluate("() => window.client.metrics()")
+        return bool(m["failedReconnects"] >= 2 and "getToken" in (m["lastError"] or ""))
+
+    await until(failed_twice, what="attempts failing on the token, not blocked by it")
+    await page.evaluate("() => { window.hang = false; }")
+
+    async def connected() -> bool:
+        return bool(await page.evaluate("() => window.client.state === 'connected'"))
+
+    await until(connected, what="connected once the token source answers")
+    # Not one WebSocket was refused, so not the fallback either.
+    assert await page.evaluate("() => window.client.metrics().transport") == "websocket"

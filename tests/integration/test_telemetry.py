@@ -64,3 +64,14 @@ async def test_a_bad_report_is_refused_and_changes_nothing(start_hub: StartHub) 
         text = await metrics(http)
     assert "tether_client_telemetry_reports_total 0.0" in text
     assert "tether_client_events_total{" not in text
+
+
+async def test_reports_are_taken_beside_the_websocket_where_the_browser_client_sends_them(
+    start_hub: StartHub,
+) -> None:
+    server = await start_hub(client_telemetry=True)
+    report = {"events": [{"kind": "connected", "at": 1}], "dropped": 0}
+    async with httpx.AsyncClient(base_url=server.http_url) as http:
+        # telemetryUrl("ws://host/ws") in tether-telemetry.js: beside the socket's path.
+        assert (await http.post("/ws/telemetry", json=report)).status_code == 204
+        assert 'tether_client_events_total{kind="connected"} 1.0' in await metrics(http)

@@ -229,6 +229,7 @@ def create_app(hub: AppHost, *, ws_path: str = "/ws") -> Starlette:
         hub.close_all()
         await hub.aclose()
 
+    telemetry = telemetry_endpoint(hub)
     #: The fallback transport's open sessions, by the secret their POST URL carries.
     sse_links: dict[str, SseLink] = {}
 
@@ -239,7 +240,8 @@ def create_app(hub: AppHost, *, ws_path: str = "/ws") -> Starlette:
             Route(ws_path + "/events", EventStream(hub, sse_links), methods=["GET", "OPTIONS"]),
             Route(ws_path + "/frames", post_frames(hub, sse_links), methods=["POST", "OPTIONS"]),
             Route("/publish", publish, methods=["POST"]),
-            Route("/telemetry", telemetry_endpoint(hub), methods=["POST"]),
+            Route("/telemetry", telemetry, methods=["POST"]),
+            Route(ws_path + "/telemetry", telemetry, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/", index, methods=["GET"]),

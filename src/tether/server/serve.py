@@ -159,6 +159,7 @@ class HubServer:
         self._server = GatedServer(config, hub, ws_path=direct_path(app, ws_path))
         self._task: asyncio.Task[None] | None = None
         self._port = hub.config.port
+        self._ws_path = ws_path or "/ws"
 
     def __repr__(self) -> str:
         return f"<HubServer {self.url} running={self._task is not None}>"
@@ -170,7 +171,7 @@ class HubServer:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.hub.config.host}:{self.port}/ws"
+        return f"ws://{self.hub.config.host}:{self.port}{self._ws_path}"
 
     @property
     def http_url(self) -> str:

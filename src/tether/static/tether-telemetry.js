@@ -11,11 +11,11 @@
 // and the report says how many (`dropped`), so loss here is not silent either.
 const MAX_EVENTS = 100;
 
-/** The hub's telemetry URL beside its WebSocket URL: ws://host/rt/ws -> http://host/rt/telemetry. */
+/** The hub's telemetry URL beside its WebSocket URL: ws://host/rt/ws -> http://host/rt/ws/telemetry. */
 export function telemetryUrl(wsUrl) {
   const url = new URL(wsUrl);
   url.protocol = url.protocol === "wss:" ? "https:" : url.protocol === "ws:" ? "http:" : url.protocol;
-  url.pathname = url.pathname.replace(/[^/]*$/, "telemetry");
+  url.pathname = url.pathname.replace(/\/$/, "") + "/telemetry"; // beside the socket, like the fallback
   url.search = "";
   return url;
 }

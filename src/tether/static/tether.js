@@ -392,8 +392,20 @@ export class TetherClient extends EventTarget {
     this._emit("retry", { in: delay });
   }
 
+  // getToken() is app code (often a fetch): bounded by connectTimeout, as in the Python
+  // client, so a hung one fails this attempt instead of blocking every later one.
   async _freshToken() {
-    if (this.getToken) this._token = await this.getToken();
+    if (!this.getToken) return this._token;
+    let timer;
+    const limit = this.config.connectTimeout;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`getToken did not answer within ${limit} s`)), limit * 1000);
+    });
+    try {
+      this._token = await Promise.race([Promise.resolve().then(() => this.getToken()), late]);
+    } finally {
+      clearTimeout(timer);
+    }
     return this._token;
   }
 
@@ -401,6 +413,9 @@ export class TetherClient extends EventTarget {
     if (this._ws || this._opening) return;
     this._life.beginAttempt();
     this._opening = true;
+    // No transport until a socket is made: a token that could not be had is not a
+    // WebSocket failure, and must not count toward the HTTP fallback.
+    this._via = null;
     let ws;
     try {
       const token = await this._freshToken();

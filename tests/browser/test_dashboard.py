@@ -197,3 +197,24 @@ async def start_demo(port: int) -> Proc:
     return await serving(
         await spawn("demo", "--port", str(port)), f"http://127.0.0.1:{port}/demo/stats"
     )
+
+
+async def test_the_demo_lists_the_five_examples_each_with_a_command_that_runs_it(
+    browser: Browser, demo: tuple[DemoBackend, str]
+) -> None:
+    page = await browser.new_page()
+    await page.goto(demo[1])
+    commands = await page.eval_on_selector_all(
+        "#examples li code:last-child", "(els) => els.map((e) => e.textContent)"
+    )
+    names = [c.split("NAME=")[1].split()[0] for c in commands if c.startswith("make example")]
+    assert len(names) == 5 and len(set(names)) == 5
+    # Each is a real example with its README, and none in the tree is left out.
+    assert set(names) == examples_in_tree()
+    await page.close()
+
+
+def examples_in_tree() -> set[str]:
+    """The examples/<name>/ folders that hold an app.py and a README.md."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    return {p.parent.name for p in examples.glob("*/app.py") if (p.parent / "README.md").is_file()}

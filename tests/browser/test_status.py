@@ -133,6 +133,63 @@ async def test_blip_shorter_than_debounce_shows_no_banner(
     assert await page.evaluate("() => window.bannerSeen") is False
 
 
+async def banner_part(page: Page, part: str) -> str | None:
+    text: str | None = await page.evaluate(
+        """(part) => {
+            const el = document.querySelector('tether-banner').shadowRoot
+                .querySelector(`[part=${part}]`);
+            return el ? el.textContent : null;
+        }""",
+        part,
+    )
+    return text
+
+
+async def test_banner_message_sets_the_words_and_keeps_the_countdown(
+    page: Page,
+    hub_server: HubServer,
+    proxy: ChaosProxy,  # noqa: F811
+) -> None:
+    await page.goto(hub_server.http_url + "/healthz")
+    await mount(
+        page,
+        f"ws://127.0.0.1:{proxy.port}/ws",
+        debounce=5 * T,
+        backoffBase=15 * T,
+        backoffCap=15 * T,
+        maxAttempts=1000,
+    )
+    message = "Live updates paused, attempting to reconnect…"
+    await page.evaluate(
+        "(m) => document.querySelector('tether-banner').setAttribute('message', m)", message
+    )
+    await page.wait_for_selector("tether-status[state=connected]")
+    proxy.refuse()
+    proxy.cut()
+    await page.wait_for_selector("tether-banner[visible]", timeout=100 * T * 1000)
+    assert await banner_part(page, "text") == message  # the app's words, as given
+
+    async def counting_down() -> bool:
+        countdown = await banner_part(page, "countdown") or ""
+        return re.fullmatch(r"Next attempt in \d+ s\.", countdown) is not None
+
+    await until(counting_down, what="the countdown after the message")
+    # Without the attribute the default wording is back, countdown inside it.
+    await page.evaluate("() => document.querySelector('tether-banner').removeAttribute('message')")
+    await until(
+        lambda: _default_words(page),
+        what="the default wording",
+    )
+    assert await banner_part(page, "countdown") is None
+    proxy.heal()
+    await page.wait_for_selector("tether-banner:not([visible])", state="attached")
+
+
+async def _default_words(page: Page) -> bool:
+    text = await banner_part(page, "text") or ""
+    return re.fullmatch(r"Live updates paused — reconnecting( in \d+ s)?…", text) is not None
+
+
 async def _not_stale(page: Page) -> bool:
     return await attr(page, "#card", "data-stale") is None
 

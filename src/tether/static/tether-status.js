@@ -7,6 +7,10 @@
 //   document.querySelector("tether-banner").client = client;
 //   bindStale(client);   // [data-tether-topic] elements get data-stale while their topic is not live
 //
+// <tether-banner debounce="5" message="Live updates paused, attempting to reconnect…">: the
+// banner's own words (the default: "Live updates paused — reconnecting in N s…"), with the
+// retry countdown appended after them ("Next attempt in N s.").
+//
 // Both elements reflect the client's state in a `state` attribute (connected, connecting,
 // reconnecting, disconnected, failed, closed) so CSS and tests can read it.
 
@@ -130,8 +134,9 @@ export class TetherStatus extends ClientBound {
 export class TetherBanner extends ClientBound {
   // Shown only when an outage outlasts `debounce` seconds (default 5), so a blip that
   // heals by itself never flashes a banner; hidden again the moment the link is back.
+  // `message` replaces the default wording; the countdown follows it (part="countdown").
   static get observedAttributes() {
-    return ["debounce"];
+    return ["debounce", "message"];
   }
   constructor() {
     super();
@@ -184,9 +189,16 @@ export class TetherBanner extends ClientBound {
     const m = this._client.metrics();
     const retryIn = seconds(m.nextRetryIn);
     const failed = this._client.state === "failed";
+    const waiting = retryIn !== null && retryIn > 0;
+    const message = this.getAttribute("message");
     let text = "Live updates paused — ";
-    if (this._client.state === "connecting" || this._client.state === "reconnecting") {
-      text += retryIn !== null && retryIn > 0 ? `reconnecting in ${retryIn} s…` : "reconnecting…";
+    let countdown = "";
+    if (message) {
+      text = message;
+      if (!failed) countdown = waiting ? `Next attempt in ${retryIn} s.` : "Trying now…";
+      else countdown = `Connection failed${retryIn !== null ? `; next attempt in ${retryIn} s` : ""}.`;
+    } else if (!failed) {
+      text += waiting ? `reconnecting in ${retryIn} s…` : "reconnecting…";
     } else {
       text += `connection failed${retryIn !== null ? `; trying again in ${retryIn} s` : ""}.`;
     }
@@ -201,7 +213,8 @@ export class TetherBanner extends ClientBound {
         button:focus-visible { outline: 2px solid #2563eb; outline-offset: 2px; }
       </style>
       <div class="bar" role="status" aria-live="polite" part="bar">
-        <span part="text">${escapeHtml(text)}</span>
+        <span part="text">${escapeHtml(text)}</span>${
+          countdown ? ` <span part="countdown">${escapeHtml(countdown)}</span>` : ""}
         <button type="button" part="retry">Retry now</button>
       </div>`;
     this.shadowRoot.querySelector("button").addEventListener("click", () => this._client.reconnect());

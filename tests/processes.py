@@ -105,3 +105,72 @@ async def serving(proc: Proc, url: str, attempts: int = 300) -> Proc:
             await asyncio.sleep(0.05)
     await proc.stop(signal.SIGKILL)
     raise AssertionError(f"{url} never answered: {proc.err}")
+
+
+async def scrape(url: str) -> dict[str, float]:
+    """A Prometheus ``/metrics`` page as ``{series: value}``, the series as printed
+    (``tether_connections``, ``tether_client_events_total{kind="reconnect"}``)."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(url)
+    response.raise_for_status()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in response.text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+class ExampleApp:
+    """``examples/<name>/app.py`` as its own process on a free port: started, SIGKILLed
+    and started again on the same port (what a page left open reconnects to).
+
+    ``ready``: a path that answers 200 once the app serves; ``metrics``: where its hub's
+    ``/metrics`` is. The JSON lines each run wrote on stderr are kept across restarts.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *flags: str,
+        ready: str = "/",
+        metrics: str = "/metrics",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.script = EXAMPLES / name / "app.py"
+        self.flags = list(flags)
+        self.ready = ready
+        self.metrics_path = metrics
+        self.env = dict(env or {})
+        self.port = free_port()
+        self.proc: Proc | None = None
+        self._past_logs: list[dict[str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        args = ("--port", str(self.port), *self.flags)
+        self.proc = await serving(
+            await spawn_script(self.script, *args, env=self.env), self.url + self.ready
+        )
+
+    async def kill(self) -> None:
+        if self.proc is not None:
+            self._past_logs += self.proc.json_err()
+            await self.proc.stop(signal.SIGKILL)
+            self.proc = None
+
+    def logs(self, event: str) -> list[dict[str, Any]]:
+        """The JSON log records of ``event`` from every run so far."""
+        current = self.proc.json_err() if self.proc is not None else []
+        return [line for line in self._past_logs + current if line.get("event") == event]
+
+    async def metric(self, name: str) -> float:
+        """One series of the hub's ``/metrics``; fails if the hub does not expose it."""
+        series = await scrape(self.url + self.metrics_path)
+        assert name in series, f"{name} not in {self.metrics_path}"
+        return series[name]

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from tether import Hub
-from tether.config import ClientConfig, env_name, from_env
+from tether.config import ClientConfig, browser_options, from_env
 
 HERE = Path(__file__).resolve().parent
 NPM = HERE.parent / "node_modules"  # solid-js (examples/package.json)
@@ -38,12 +37,9 @@ OVERLAY = {"backoff_base": 1.0, "backoff_cap": 30.0, "max_attempts": 5, "circuit
 
 def client_options() -> dict[str, Any]:
     """The overlay's client settings, in the browser client's camelCase names."""
-    # The plan's values where no TETHER_* variable says otherwise (the variable wins).
-    plan = {name: value for name, value in OVERLAY.items() if env_name(name) not in os.environ}
-    config = from_env(ClientConfig, **plan)
+    config = from_env(ClientConfig, defaults=OVERLAY)  # a TETHER_* variable wins
     names = ("backoff_base", "backoff_factor", "backoff_cap", "max_attempts", "circuit_cooldown")
-    camel = {n: n.split("_")[0] + "".join(p.title() for p in n.split("_")[1:]) for n in names}
-    return {camel[n]: getattr(config, n) for n in names}
+    return browser_options(config, names)
 
 
 def create_app(*, interval: float = 1.0) -> FastAPI:

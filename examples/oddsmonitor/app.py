@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
 import random
@@ -31,7 +30,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from tether import Hub
-from tether.config import ClientConfig, env_name, from_env
+from tether.config import ClientConfig, HubConfig, browser_options, from_env
 
 HERE = Path(__file__).resolve().parent
 NPM = HERE.parent / "node_modules"  # react, react-dom, @tanstack/* (examples/package.json)
@@ -61,20 +60,9 @@ MATCHES = [
 BOOKMAKERS = 8  # pages a scrape run visits, one progress message each
 
 
-def plan(values: dict[str, Any]) -> dict[str, Any]:
-    """The plan's values for the options that no TETHER_* variable sets."""
-    return {name: value for name, value in values.items() if env_name(name) not in os.environ}
-
-
-def camel(name: str) -> str:
-    first, *rest = name.split("_")
-    return first + "".join(part.title() for part in rest)
-
-
 def client_options() -> dict[str, Any]:
     """Every option of the page's Tether client, in the browser client's camelCase names."""
-    config = from_env(ClientConfig, **plan(PLAN_CLIENT))
-    return {camel(f.name): getattr(config, f.name) for f in dataclasses.fields(config)}
+    return browser_options(from_env(ClientConfig, defaults=PLAN_CLIENT))  # TETHER_* wins
 
 
 def now_iso() -> str:
@@ -221,7 +209,7 @@ def create_app(
     scrape_step: float = 1.0,
     ws_url: str | None = None,
 ) -> FastAPI:
-    hub = Hub(**plan(PLAN_HUB))  # every other hub setting from its TETHER_* variable
+    hub = Hub(config=from_env(HubConfig, defaults=PLAN_HUB))  # TETHER_* variables win
     monitor = Monitor(
         hub, store, odds_every=odds_every, scrape_every=scrape_every, scrape_step=scrape_step
     )

@@ -37,7 +37,14 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from tether import Hub, logs
-from tether.config import ClientConfig, env_name, from_env
+from tether.config import (
+    ClientConfig,
+    HubConfig,
+    browser_options,
+    camel,
+    env_name,
+    from_env,
+)
 from tether.server.serve import HubServer
 
 HERE = Path(__file__).resolve().parent
@@ -96,11 +103,6 @@ VIEWER_COOKIE = "opsmonitor_viewer"
 VIEWER = re.compile(r"[0-9a-f]{16}")
 
 
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
 def setting(name: str, environ: Mapping[str, str] | None = None) -> Any:
     """An OPSMONITOR_* setting: its variable, else its default (typed like the default)."""
     env = os.environ if environ is None else environ
@@ -114,19 +116,11 @@ def setting(name: str, environ: Mapping[str, str] | None = None) -> Any:
         raise SystemExit(f"{name}={raw!r}: expected a {type(default).__name__}") from None
 
 
-def not_in_env(values: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """The plan's values where no TETHER_* variable says otherwise (the variable wins)."""
-    return {name: value for name, value in values.items() if env_name(name) not in environ}
-
-
 def client_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The page's client settings, in the browser client's camelCase names."""
     env = os.environ if environ is None else environ
-    config = from_env(ClientConfig, environ=env, **not_in_env(CLIENT_PLAN, env))
-    options: dict[str, Any] = {}
-    for name in CLIENT_OPTIONS:
-        value = getattr(config, name)
-        options[camel(name)] = value.value if hasattr(value, "value") else value
+    config = from_env(ClientConfig, environ=env, defaults=CLIENT_PLAN)  # TETHER_* wins
+    options = browser_options(config, CLIENT_OPTIONS)
     for name, default in BROWSER_OPTIONS.items():
         raw = env.get(env_name(name))
         try:
@@ -141,7 +135,7 @@ def client_options(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 def create_hub(*, port: int, environ: Mapping[str, str] | None = None) -> Hub:
     env = os.environ if environ is None else environ
-    options = not_in_env(HUB_PLAN, env)
+    defaults = dict(HUB_PLAN)
     if not env.get(env_name("jwt_secret")):
         # One command without setup: a secret for this process only. The page asks for a
         # fresh token before each attempt, so it reconnects to a restarted app all the same.
@@ -149,8 +143,8 @@ def create_hub(*, port: int, environ: Mapping[str, str] | None = None) -> Hub:
             "opsmonitor: TETHER_JWT_SECRET is not set; using a random secret for this process",
             file=sys.stderr,
         )
-        options["jwt_secret"] = secrets.token_hex(32)
-    return Hub(port=port, **options)
+        defaults["jwt_secret"] = secrets.token_hex(32)
+    return Hub(config=from_env(HubConfig, environ=env, defaults=defaults, port=port))
 
 
 def create_app(hub: Hub, environ: Mapping[str, str] | None = None) -> FastAPI:
@@ -159,12 +153,9 @@ def create_app(hub: Hub, environ: Mapping[str, str] | None = None) -> FastAPI:
     token_ttl = setting("OPSMONITOR_TOKEN_TTL", env)
     config = {
         "topic": TOPIC,
-        # The hub's POST /telemetry, at the root (the client's own guess from the WebSocket
-        # URL would be /ws/telemetry); null: the page reports nothing.
-        "client": {
-            **client_options(env),
-            "telemetry": "/telemetry" if hub.config.client_telemetry else None,
-        },
+        # true: the page posts its lifecycle events beside the socket
+        # (/ws/updates/telemetry); null: it reports nothing.
+        "client": {**client_options(env), "telemetry": hub.config.client_telemetry or None},
         "banner": {
             "debounce": setting("OPSMONITOR_BANNER_DEBOUNCE", env),
             "message": setting("OPSMONITOR_BANNER_MESSAGE", env),

@@ -33,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from tether import Hub, logs
-from tether.config import ClientConfig, env_name, from_env
+from tether.config import ClientConfig, browser_options, from_env
 
 HERE = Path(__file__).resolve().parent
 NPM = HERE.parent / "node_modules"  # react, react-dom, @tanstack/* (examples/package.json)
@@ -64,15 +64,7 @@ class Login(BaseModel):
 
 def client_options() -> dict[str, Any]:
     """The plan's client settings, in the browser client's camelCase names (env wins)."""
-    plan = {name: value for name, value in PLAN.items() if env_name(name) not in os.environ}
-    config = from_env(ClientConfig, **plan)
-
-    def camel(name: str) -> str:
-        first, *rest = name.split("_")
-        return first + "".join(part.title() for part in rest)
-
-    options = {camel(n): getattr(config, n) for n in CLIENT_OPTIONS}
-    options["jitter"] = str(config.jitter.value)
+    options = browser_options(from_env(ClientConfig, defaults=PLAN), CLIENT_OPTIONS)
     options["shared"] = os.environ.get("ORCHESTRATOR_SHARED", "true") == "true"
     return options
 

@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from .backoff import Jitter, check_jitter
@@ -371,17 +371,39 @@ def _parse(field: dataclasses.Field[Any], raw: str) -> Any:
 
 
 def from_env(
-    cls: type[ConfigT], *, environ: Mapping[str, str] | None = None, **overrides: Any
+    cls: type[ConfigT],
+    *,
+    environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> ConfigT:
-    """Build a config: keywords win over ``TETHER_*`` variables, which win over defaults."""
+    """Build a config: keywords win over ``TETHER_*`` variables, which win over
+    ``defaults`` (an app's own choices, e.g. a team's numbers), which win over Tether's."""
     env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     for field in dataclasses.fields(cls):
         raw = env.get(env_name(field.name))
         if raw is not None:
             values[field.name] = _parse(field, raw)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)
+
+
+def camel(name: str) -> str:
+    """A field's name in the browser client: ``backoff_base`` -> ``backoffBase``."""
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def browser_options(config: ClientConfig, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """``config`` (all of it, or the fields ``names``) as the browser client's options:
+    camelCase keys, JSON values, ready for a page's ``connect(url, options)``."""
+    chosen = [f.name for f in dataclasses.fields(config)] if names is None else list(names)
+    options: dict[str, Any] = {}
+    for name in chosen:
+        value = getattr(config, name)
+        options[camel(name)] = value.value if isinstance(value, enum.Enum) else value
+    return options
 
 
 def split_overrides(cls: type[ConfigT], options: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import msgspec
 
 from . import auth, backoff, config, errors, protocol
 from .client import aio, lifecycle, session, state
+from .config import camel
 
 #: Where the generated module lives: served by the hub beside ``tether.js``.
 TARGET = Path(__file__).resolve().parent / "static" / "tether-constants.js"
@@ -36,11 +37,6 @@ HEADER = """\
 // Python client's (tether.client, tether.config, tether.errors, tether.protocol); the
 // reason beside each is the one written next to it there.
 """
-
-
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
 
 
 def _reason(module: ModuleType, name: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,9 @@ from playwright.async_api import Browser, ConsoleMessage, Page, Request
 from tether.chaos import ChaosProxy
 from tether.config import ClientConfig
 
-from ..processes import Proc, free_port, serving, spawn_script
+from ..processes import ExampleApp, free_port
 from ..support import Recorder, T, eventually
 
-APP = Path(__file__).resolve().parents[2] / "examples" / "oddsmonitor" / "app.py"
 #: Playwright waits (ms). Generous: the page's own backoff decides how soon it is back.
 DEADLINE = 60_000
 #: The queries' REST endpoints.
@@ -50,7 +48,7 @@ GREEN, YELLOW, GREY, RED = (
 )
 
 
-class Monitor:
+class Monitor(ExampleApp):
     """The example app as a process: started, SIGKILLed and started again on one port."""
 
     def __init__(
@@ -63,53 +61,23 @@ class Monitor:
         ws_url: str | None = None,
         **env: str,
     ) -> None:
-        self.port = free_port()
-        self.flags = [
-            "--odds-every",
-            str(odds_every),
-            "--scrape-every",
-            str(scrape_every),
-            "--scrape-step",
-            str(scrape_step),
-        ]
+        flags = ["--odds-every", str(odds_every), "--scrape-every", str(scrape_every)]
+        flags += ["--scrape-step", str(scrape_step)]
         if data is not None:
-            self.flags += ["--data", str(data)]
+            flags += ["--data", str(data)]
         if ws_url is not None:
-            self.flags += ["--ws-url", ws_url]
-        self.env = env
-        self.proc: Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+            flags += ["--ws-url", ws_url]
+        super().__init__("oddsmonitor", *flags, ready="/api/events", metrics="/rt/metrics", env=env)
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/rt/ws"
-
-    async def start(self) -> None:
-        proc = await spawn_script(APP, "--port", str(self.port), *self.flags, env=self.env)
-        self.proc = await serving(proc, self.url + "/api/events")
-
-    async def kill(self) -> None:
-        if self.proc is not None:
-            await self.proc.stop(signal.SIGKILL)
-            self.proc = None
 
     async def get(self, path: str) -> Any:
         async with httpx.AsyncClient() as http:
             response = await http.get(self.url + path)
             response.raise_for_status()
             return response.json()
-
-    async def metric(self, name: str) -> float:
-        """A counter or gauge of the hub's own /rt/metrics."""
-        async with httpx.AsyncClient() as http:
-            text = (await http.get(self.url + "/rt/metrics")).text
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise AssertionError(f"{name} not in /rt/metrics")
 
 
 @contextlib.asynccontextmanager

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import signal
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,10 +23,10 @@ from websockets.exceptions import ConnectionClosed
 
 from tether.chaos import ChaosProxy
 
-from ..processes import Proc, free_port, serving, spawn_script
+from ..processes import EXAMPLES, ExampleApp
 from ..support import T, eventually
 
-APP = Path(__file__).resolve().parents[2] / "examples" / "orchestrator" / "app.py"
+APP = EXAMPLES / "orchestrator" / "app.py"
 SECRET = "plan-001-test-secret-plan-001-test-secret"
 DEADLINE = 60_000
 #: Scaled for the tests: the plan's 30 s heartbeat as 1 s, its 16 s cap as 0.5 s.
@@ -41,38 +39,10 @@ FAST = {
 }
 
 
-class Orchestrator:
+class Orchestrator(ExampleApp):
     def __init__(self, *, interval: float = 0.2, **env: str) -> None:
-        self.port = free_port()
-        self.interval = interval
-        self.env = {**FAST, **env}
-        self.proc: Proc | None = None
-        self.logs: list[dict[str, Any]] = []  # JSON log lines of every run so far
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        args = ("--port", str(self.port), "--interval", str(self.interval))
-        self.proc = await serving(await spawn_script(APP, *args, env=self.env), self.url + "/")
-
-    async def kill(self) -> None:
-        if self.proc is not None:
-            self.logs += self.proc.json_err()
-            await self.proc.stop(signal.SIGKILL)
-            self.proc = None
-
-    def log(self, event: str) -> list[dict[str, Any]]:
-        current = self.proc.json_err() if self.proc is not None else []
-        return [line for line in self.logs + current if line.get("event") == event]
-
-    async def metric(self, name: str) -> float:
-        async with httpx.AsyncClient() as http:
-            text = (await http.get(self.url + "/rt/metrics")).text
-        values = [float(line.split()[1]) for line in text.splitlines() if line.startswith(name)]
-        assert values, f"{name} not in /metrics"
-        return values[0]
+        flags = ("--interval", str(interval))
+        super().__init__("orchestrator", *flags, metrics="/rt/metrics", env={**FAST, **env})
 
 
 @pytest.fixture
@@ -93,6 +63,9 @@ async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
 async def signed_in(context: BrowserContext, base: str, user: str = "alice") -> Page:
     page = await context.new_page()
     await page.goto(base + "/")
+    # The page renders after its module loads its settings: wait for either view (a
+    # count() right after goto can run before React has rendered anything).
+    await page.wait_for_selector("#login, .badge", timeout=DEADLINE)
     if await page.locator("#login").count():
         await page.select_option("#login select", user)
         await page.click("#login button")
@@ -133,8 +106,8 @@ async def test_jwt_from_localstorage_on_the_handshake(
     await page.reload()  # no login view: the token is read from localStorage
     await page.wait_for_selector(".badge[data-status=connected]", timeout=DEADLINE)
     assert await page.locator("#login").count() == 0
-    await eventually(lambda: len(orchestrator.log("connection_opened")) == 2, what="two")
-    assert {line["subject"] for line in orchestrator.log("connection_opened")} == {"alice"}
+    await eventually(lambda: len(orchestrator.logs("connection_opened")) == 2, what="two")
+    assert {line["subject"] for line in orchestrator.logs("connection_opened")} == {"alice"}
 
 
 @pytest.mark.parametrize("token", ["expired", "invalid"])
@@ -166,7 +139,7 @@ async def test_a_connected_event_carries_the_client_id(
     )
     shown = (await page.inner_text("#client-id")).removeprefix("client ")
     # The id the server's logs give this connection.
-    assert [line["session"] for line in orchestrator.log("connection_opened")] == [shown]
+    assert [line["session"] for line in orchestrator.logs("connection_opened")] == [shown]
 
 
 async def test_per_project_subscribe_and_unsubscribe_with_permissions_from_the_jwt(
@@ -212,8 +185,8 @@ async def test_server_heartbeat_terminates_dead_connections(
             async for _ in ws:
                 pass
     assert ws.close_code == 1011
-    await eventually(lambda: orchestrator.log("connection_closed"), what="the closing line")
-    (closed,) = orchestrator.log("connection_closed")
+    await eventually(lambda: bool(orchestrator.logs("connection_closed")), what="the closing line")
+    (closed,) = orchestrator.logs("connection_closed")
     assert closed["close_reason"] == "heartbeat timeout" and closed["subject"] == "alice"
     assert await orchestrator.metric("tether_heartbeat_timeouts_total") == 1
     # And a page behind a half-open link (nothing passes, nothing is closed) notices too,
@@ -335,7 +308,7 @@ async def test_tanstack_queries_are_invalidated_on_events_and_on_reconnect(
         await asyncio.sleep(5 * T)
         assert (projects, stories) == ([], [])  # nothing polls
         proxy.cut()
-        await eventually(lambda: projects and stories, what="refetched after the reconnect")
+        await eventually(lambda: bool(projects and stories), what="refetched after the reconnect")
         assert (
             await page.evaluate("() => window.orchestrator.client.metrics().totalReconnects") == 1
         )
@@ -387,8 +360,8 @@ async def test_structured_json_logs_with_connection_duration(
 ) -> None:
     page = await signed_in(context, orchestrator.url)
     await page.close()
-    await eventually(lambda: orchestrator.log("connection_closed"), what="the closing line")
-    (closed,) = orchestrator.log("connection_closed")
+    await eventually(lambda: bool(orchestrator.logs("connection_closed")), what="the closing line")
+    (closed,) = orchestrator.logs("connection_closed")
     assert closed["level"] == "info" and closed["subject"] == "alice"
     assert closed["duration_s"] > 0 and closed["subscriptions"] >= 0
     assert closed["ts"].endswith("Z")

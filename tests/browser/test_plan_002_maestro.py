@@ -8,7 +8,6 @@ here that proves it.
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,39 +15,20 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page
 
-from ..processes import Proc, free_port, serving, spawn_script
+from ..processes import ExampleApp
 from ..support import eventually
 
-APP = Path(__file__).resolve().parents[2] / "examples" / "maestro" / "app.py"
 #: Generous: the page's own backoff (the plan's 1 s x 2) decides how soon it is back.
 DEADLINE = 60_000
 
 
-class Maestro:
+class Maestro(ExampleApp):
     """The example app as a process: started, killed and started again on one port/store."""
 
     def __init__(self, data: Path, *flags: str, heartbeat: float = 30) -> None:
-        self.port = free_port()
+        env = {"TETHER_HEARTBEAT_INTERVAL": str(heartbeat)}
+        super().__init__("maestro", "--data", str(data), *flags, ready="/api/tasks", env=env)
         self.data = data
-        self.flags = flags
-        self.heartbeat = heartbeat
-        self.proc: Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        args = ["--port", str(self.port), "--data", str(self.data), *self.flags]
-        proc = await spawn_script(
-            APP, *args, env={"TETHER_HEARTBEAT_INTERVAL": str(self.heartbeat)}
-        )
-        self.proc = await serving(proc, self.url + "/api/tasks")
-
-    async def kill(self) -> None:
-        if self.proc is not None:
-            await self.proc.stop(signal.SIGKILL)
-            self.proc = None
 
     async def tasks(self) -> list[dict[str, object]]:
         async with httpx.AsyncClient() as http:

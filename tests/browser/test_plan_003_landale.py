@@ -7,17 +7,14 @@ examples/landale/README.md maps each line to the configuration and to the test h
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import Browser, Page
 
-from ..processes import Proc, free_port, serving, spawn_script
+from ..processes import ExampleApp
 
-APP = Path(__file__).resolve().parents[2] / "examples" / "landale" / "app.py"
 DEADLINE = 60_000
 #: The nine HealthMetrics fields of the plan, as the client names them.
 HEALTH = {
@@ -33,24 +30,9 @@ HEALTH = {
 }
 
 
-class Landale:
+class Landale(ExampleApp):
     def __init__(self, **env: str) -> None:
-        self.port = free_port()
-        self.env = env
-        self.proc: Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        proc = await spawn_script(APP, "--port", str(self.port), "--interval", "0.2", env=self.env)
-        self.proc = await serving(proc, self.url + "/overlay/config")
-
-    async def kill(self) -> None:
-        if self.proc is not None:
-            await self.proc.stop(signal.SIGKILL)
-            self.proc = None
+        super().__init__("landale", "--interval", "0.2", ready="/overlay/config", env=env)
 
 
 @pytest.fixture

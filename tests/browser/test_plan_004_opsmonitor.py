@@ -37,11 +37,11 @@ from tether.chaos import ChaosProxy
 from tether.client.lifecycle import Failure, Lifecycle
 from tether.config import ClientConfig, HubConfig, env_name
 
-from ..processes import Proc, free_port, serving, spawn, spawn_script
+from ..processes import EXAMPLES, ExampleApp, free_port, scrape, spawn
 from ..support import Recorder, T, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
-HERE = ROOT / "examples" / "opsmonitor"
+HERE = EXAMPLES / "opsmonitor"
 APP = HERE / "app.py"
 CORE = ROOT / "src" / "tether" / "static" / "tether-core.js"
 SECRET = "opsmonitor-test-secret-0123456789abcdef"
@@ -82,31 +82,16 @@ def app_module() -> ModuleType:
     return module
 
 
-class OpsMonitor:
+class OpsMonitor(ExampleApp):
     """The example app as a process: started, SIGKILLed and started again on one port."""
 
     def __init__(self, *flags: str, scaled: bool = True, **env: str) -> None:
-        self.port = free_port()
-        self.flags = flags
-        self.env = {**(SCALED if scaled else {"TETHER_JWT_SECRET": SECRET}), **env}
-        self.proc: Proc | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        env = {**(SCALED if scaled else {"TETHER_JWT_SECRET": SECRET}), **env}
+        super().__init__("opsmonitor", *flags, ready="/api/config", env=env)
 
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/updates"
-
-    async def start(self) -> None:
-        proc = await spawn_script(APP, "--port", str(self.port), *self.flags, env=self.env)
-        self.proc = await serving(proc, self.url + "/api/config")
-
-    async def kill(self) -> None:
-        if self.proc is not None:
-            await self.proc.stop(signal.SIGKILL)
-            self.proc = None
 
     async def get(self, path: str) -> httpx.Response:
         async with httpx.AsyncClient(base_url=self.url) as http:
@@ -114,14 +99,10 @@ class OpsMonitor:
 
     async def metrics(self) -> dict[str, float]:
         """``/metrics`` as {series: value}, e.g. ``tether_connections`` -> 1.0."""
-        text = (await self.get("/metrics")).text
-        return {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line and not line.startswith("#")
-        }
+        return await scrape(self.url + self.metrics_path)
 
     async def metric(self, name: str) -> float:
+        """A series of /metrics, 0 while the hub has not exposed it yet (labelled series)."""
         return (await self.metrics()).get(name, 0.0)
 
     async def token(self) -> str:

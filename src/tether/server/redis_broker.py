@@ -319,16 +319,52 @@ class RedisBroker:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Each step is bounded: a shutdown must end even if a task or redis-py hangs
+        # (seen once in CI, cause unknown). What did not stop is logged with its stack.
+        await self._bounded("stopping the background tasks", tasks)
         for _, future in self._sync_waiters:
             if not future.done():
                 future.set_exception(BrokerUnavailable("the broker was closed"))
         self._sync_waiters.clear()
-        with contextlib.suppress(RedisError, OSError):
-            await self._client.aclose()
-        with contextlib.suppress(RedisError, OSError):
-            await self._feed_factory.disconnect()
+        await self._bounded(
+            "closing the command connections",
+            [asyncio.create_task(self._client.aclose(), name="tether-redis-close")],
+        )
+        await self._bounded(
+            "closing the pub/sub pool",
+            [asyncio.create_task(self._feed_factory.disconnect(), name="tether-redis-close")],
+        )
         self._ready_changed.set()
+
+    async def _bounded(self, what: str, tasks: Sequence[asyncio.Task[Any]]) -> None:
+        """Wait at most ``timeout`` + 1 s for ``tasks`` (one step of :meth:`aclose`),
+        logging, not raising, what failed or did not end: closing goes on either way.
+
+        ``asyncio.wait``, not ``gather`` under a timeout: a gather does not return until
+        every task has ended, so one that ignores cancellation would hang it for ever.
+        """
+        if not tasks:
+            return
+        limit = self.timeout + 1.0
+        done, pending = await asyncio.wait(tasks, timeout=limit)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                logger.debug("closing the Redis broker: %s failed: %r", what, task.exception())
+        if pending:
+            stacks = [
+                f"{task.get_name()}:\n{_awaiting(task)}"
+                for task in asyncio.all_tasks()
+                if task.get_name().startswith("tether-redis") and not task.done()
+            ]
+            for task in pending:
+                task.cancel()  # and left to end (or not) on its own
+            logger.error(
+                "closing the Redis broker: %s did not end within %.1fs; going on. "
+                "Still running:\n%s",
+                what,
+                limit,
+                "\n".join(stacks),
+            )
 
     # --- topics -------------------------------------------------------------------------------
 
@@ -552,9 +588,9 @@ class RedisBroker:
             self._active = set()
             self._dirty = set(self._retained)
             tasks = [
-                asyncio.create_task(self._read(conn)),
-                asyncio.create_task(self._reconcile_loop(conn)),
-                asyncio.create_task(self._probe_feed(conn)),
+                asyncio.create_task(self._read(conn), name="tether-redis-feed-read"),
+                asyncio.create_task(self._reconcile_loop(conn), name="tether-redis-feed-sync"),
+                asyncio.create_task(self._probe_feed(conn), name="tether-redis-feed-probe"),
             ]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -778,6 +814,20 @@ class RedisBroker:
                     envelope = message_envelope(frame)
                     if envelope is not None and envelope[0] == topic and envelope[2] == offset:
                         self._deliver(topic, Entry(offset, t_ms / 1000, frame, envelope[1]))
+
+
+def _awaiting(task: asyncio.Task[Any]) -> str:
+    """Where ``task`` waits: its chain of awaits, outermost first (``get_stack`` shows
+    only the task's own coroutine)."""
+    lines = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            code = frame.f_code
+            lines.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return "\n".join(lines)
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -125,7 +126,6 @@ def create_app(hub: AppHost, *, ws_path: str = "/ws") -> Starlette:
         raw = websocket.scope.get("extensions", {}).get(RAW_LINK_EXTENSION)
         link: Link
         if isinstance(raw, RawLink):
-            raw.shutdown_reason = hub.restart_reason
             link = RawTransportLink(
                 raw,
                 session=session,
@@ -134,6 +134,7 @@ def create_app(hub: AppHost, *, ws_path: str = "/ws") -> Starlette:
                 identity=decision.identity,
                 address=decision.address,
             )
+            raw.on_shutdown = partial(hub.close_link, link)
         else:
             link = QueuedAsgiLink(
                 websocket.send,

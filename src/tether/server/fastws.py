@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import parse_qsl
 
@@ -44,12 +45,13 @@ RAW_LINK_EXTENSION = "tether.raw"
 class RawLink:  # implements links.RawLink
     """Direct access to one connection's transport, for pre-framed server frames."""
 
-    __slots__ = ("protocol", "shutdown_reason")
+    __slots__ = ("on_shutdown", "protocol")
 
     def __init__(self, protocol: TetherWSProtocol) -> None:
         self.protocol = protocol
-        #: Set by the hub: makes the close reason (with retry hint) for a graceful shutdown.
-        self.shutdown_reason: Callable[[], str] | None = None
+        #: Set by the hub: closes this connection for a graceful shutdown (1012 with a
+        #: retry hint) through the hub, so that nothing is delivered after the Close.
+        self.on_shutdown: Callable[[], None] | None = None
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -89,7 +91,7 @@ class TetherWSProtocol(WebSocketsSansIOProtocol):
         link = self.tether_link
         if (
             link is None
-            or link.shutdown_reason is None
+            or link.on_shutdown is None
             or not self.handshake_complete
             or self.close_sent
         ):
@@ -100,7 +102,9 @@ class TetherWSProtocol(WebSocketsSansIOProtocol):
         # 1012 made every client's close reply hit a closed socket (a TCP reset, which can
         # discard the 1012 and its retry hint). The transport closes when the reply comes,
         # or after close_timeout; uvicorn waits for that within its graceful timeout.
-        link.close(CloseCode.SERVICE_RESTART, link.shutdown_reason())
+        # Through the hub: a link closed behind its back kept taking deliveries (with
+        # Redis the feed goes on during a shutdown), written after the Close frame.
+        link.on_shutdown()
 
 
 class _Inert:
@@ -179,8 +183,7 @@ class HubWSProtocol(TetherWSProtocol):
         self.queue = _INERT
         self.writable = _INERT
         raw = self.tether_link = RawLink(self)
-        raw.shutdown_reason = hub.restart_reason
-        self.hub_link = RawTransportLink(
+        link = self.hub_link = RawTransportLink(
             raw,
             session=hub.new_session(),
             limit=hub.config.send_buffer_limit,
@@ -188,9 +191,10 @@ class HubWSProtocol(TetherWSProtocol):
             identity=decision.identity,
             address=decision.address,
         )
-        self.hub_link.preamble = head  # goes out with the welcome, in one write
-        hub.attach(self.hub_link)
-        self.hub_link.flush_preamble()
+        raw.on_shutdown = partial(hub.close_link, link)
+        link.preamble = head  # goes out with the welcome, in one write
+        hub.attach(link)
+        link.flush_preamble()
 
     def _refuse(self, response: Response) -> None:
         self.conn.send_response(response)

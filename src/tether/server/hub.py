@@ -907,10 +907,19 @@ class Hub:
     def close_all(self, code: int = CloseCode.SERVICE_RESTART) -> None:
         """Close every connection (1012 with a retry hint by default)."""
         self.closing = True
-        for link, state in list(self._links.items()):
-            reason = self.restart_reason() if code == CloseCode.SERVICE_RESTART else "closing"
+        for link in list(self._links):
+            self.close_link(link, code)
+
+    def close_link(self, link: Link, code: int = CloseCode.SERVICE_RESTART) -> None:
+        """Close one connection (1012 with a spread retry hint by default), through the
+        hub: the link stops taking deliveries at once (nothing may follow a Close frame)
+        and its ``connection_closed`` log names the code. The server's graceful shutdown
+        calls this for each connection it holds."""
+        reason = self.restart_reason() if code == CloseCode.SERVICE_RESTART else "closing"
+        state = self._links.get(link)
+        if state is not None:
             state.closed_with = (code, reason)
-            link.close(code, reason)
+        link.close(code, reason)
 
     async def drain(self, timeout: float | None = None) -> None:
         """Shutdown, step one: start no new handler; wait for running ones to finish.

@@ -69,3 +69,9 @@ def test_browser_options_are_the_js_clients_names_and_json_values() -> None:
     assert set(options) == set(json.loads(JS_DEFAULTS.search(TARGET.read_text())[1]))
     assert options["backoffCap"] == 16.0 and options["outboxPolicy"] == "drop-oldest"
     assert browser_options(config, ["jitter_ratio"]) == {"jitterRatio": 0.3}
+
+
+@pytest.mark.parametrize("value", [-0.001, 1.5])
+def test_fanout_yield_max_out_of_range_is_refused_with_its_reason(value: float) -> None:
+    with pytest.raises(ValueError, match="fanout_yield_max must be between 0 and 1 s"):
+        HubConfig(fanout_yield_max=value)

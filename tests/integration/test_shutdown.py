@@ -55,8 +55,10 @@ async def test_clients_return_spread_out(start_hub: StartHub) -> None:
 def client_frame(opcode: int, payload: bytes) -> bytes:
     """A masked client frame (payload < 126 bytes)."""
     key = os.urandom(4)
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + key + bytes(
-        b ^ key[i % 4] for i, b in enumerate(payload)
+    return (
+        bytes([0x80 | opcode, 0x80 | len(payload)])
+        + key
+        + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
     )
 
 

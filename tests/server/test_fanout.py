@@ -7,7 +7,7 @@ import pytest
 
 from tether.history import Entry, Replay, TopicLog
 from tether.protocol import Cursor, Message, Subscribed, decode_server_frame
-from tether.server.fanout import Fanout
+from tether.server.fanout import YIELD_AFTER, YIELD_SHARE, Fanout, next_flush_delay
 from tether.server.links import Batch
 from tether.server.stats import HubStats
 
@@ -214,3 +214,24 @@ def test_whatever_the_feed_loses_every_subscriber_gets_every_offset_once(
     w.fanout.flush()
     for sub in subs:
         assert sub.offsets() == [("e1", n) for n in range(1, 6)]
+
+
+# --- yielding the loop under load (next_flush_delay) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("took", "since", "most", "expected"),
+    [
+        (0.0005, 0.0, 0.02, 0.0),  # lightly loaded: a short fan-out makes nothing wait
+        (YIELD_AFTER / 2, 0.0, 0.02, 0.0),
+        (0.010, 0.0, 0.02, 0.010 * YIELD_SHARE),  # right after a 10 ms fan-out
+        (0.010, 0.002, 0.02, 0.010 * YIELD_SHARE - 0.002),  # part of the time has passed
+        (0.010, 0.050, 0.02, 0.0),  # the loop has long had its share
+        (0.200, 0.0, 0.02, 0.02),  # a very long fan-out (a GC pause): capped
+        (0.010, 0.0, 0.0, 0.0),  # fanout_yield_max = 0 turns it off
+    ],
+)
+def test_the_next_flush_waits_a_share_of_the_last_under_load_only(
+    took: float, since: float, most: float, expected: float
+) -> None:
+    assert next_flush_delay(took=took, since=since, most=most) == pytest.approx(expected)

@@ -65,7 +65,7 @@ from ..protocol import (
 )
 from .admission import Admission, Refusal
 from .broker import Broker, BrokerUnavailable, MemoryBroker, TooManyTopics
-from .fanout import Fanout, Subscriber
+from .fanout import Fanout, Subscriber, next_flush_delay
 from .links import Batch, Link
 from .messages import RETRY_LATER_MS, ClientMessages, Handler
 from .session import (
@@ -213,6 +213,9 @@ class Hub:
         self._started = False
         self._links: dict[Link, _LinkState] = {}
         self._flush_handle: asyncio.Handle | None = None
+        #: How long the last fan-out took, and when it ended (``_clock``).
+        self._flush_took = 0.0
+        self._flush_ended = 0.0
         self._heartbeat_task: asyncio.Task[None] | None = None
         self.closing = False
         #: Shutting down: running handlers finish, no new one starts (see :meth:`drain`).
@@ -414,13 +417,24 @@ class Hub:
 
     def _schedule_flush(self) -> None:
         # One flush per loop turn: what is published in one turn goes out as one write.
-        self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        # Under load the next flush waits its turn (see next_flush_delay).
+        loop = asyncio.get_running_loop()
+        delay = next_flush_delay(
+            took=self._flush_took,
+            since=self._clock() - self._flush_ended,
+            most=self.config.fanout_yield_max,
+        )
+        self._flush_handle = (
+            loop.call_later(delay, self._flush) if delay > 0 else loop.call_soon(self._flush)
+        )
 
     def _flush(self) -> None:
         self._flush_handle = None
         started = self._clock()
         self.fanout.flush()
-        self.stats.fanout_seconds.observe(self._clock() - started)
+        self._flush_ended = self._clock()
+        self._flush_took = self._flush_ended - started
+        self.stats.fanout_seconds.observe(self._flush_took)
 
     def _request_repair(self, topic: str, after: Cursor) -> None:
         """The feed skipped an entry of ``topic`` (or may have): read history after ``after``."""

@@ -65,7 +65,7 @@ from ..protocol import (
 )
 from .admission import Admission, Refusal
 from .broker import Broker, BrokerUnavailable, MemoryBroker, TooManyTopics
-from .fanout import Fanout, Subscriber, next_flush_delay
+from .fanout import FLUSH_SMOOTHING, Fanout, Subscriber, next_flush_delay
 from .links import Batch, Link
 from .messages import RETRY_LATER_MS, ClientMessages, Handler
 from .session import (
@@ -213,7 +213,7 @@ class Hub:
         self._started = False
         self._links: dict[Link, _LinkState] = {}
         self._flush_handle: asyncio.Handle | None = None
-        #: How long the last fan-out took, and when it ended (``_clock``).
+        #: How long fan-outs take (smoothed), and when the last one ended (``_clock``).
         self._flush_took = 0.0
         self._flush_ended = 0.0
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -433,8 +433,9 @@ class Hub:
         started = self._clock()
         self.fanout.flush()
         self._flush_ended = self._clock()
-        self._flush_took = self._flush_ended - started
-        self.stats.fanout_seconds.observe(self._flush_took)
+        took = self._flush_ended - started
+        self._flush_took += (took - self._flush_took) * FLUSH_SMOOTHING
+        self.stats.fanout_seconds.observe(took)
 
     def _request_repair(self, topic: str, after: Cursor) -> None:
         """The feed skipped an entry of ``topic`` (or may have): read history after ``after``."""

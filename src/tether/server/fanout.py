@@ -4,8 +4,9 @@ Sans-I/O: no sockets, no event loop, no clock. The hub feeds it what happens
 (a subscriber starts joining, its replay arrived, the broker's feed brought
 entries, a repair read came back) and it writes frames to links and asks for
 what it needs through two callbacks: ``schedule_flush`` (run :meth:`flush`
-soon, once per loop turn) and ``request_repair`` (read the topic's history
-after a cursor and hand it to :meth:`repaired`).
+soon: in this loop turn, or under load after :func:`next_flush_delay`) and
+``request_repair`` (read the topic's history after a cursor and hand it to
+:meth:`repaired`).
 
 Theory of operation
 -------------------

@@ -348,8 +348,11 @@ class RedisBroker:
         limit = self.timeout + 1.0
         done, pending = await asyncio.wait(tasks, timeout=limit)
         for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                logger.debug("closing the Redis broker: %s failed: %r", what, task.exception())
+            exc = None if task.cancelled() else task.exception()
+            if isinstance(exc, RedisError | OSError):  # a connection already gone: expected
+                logger.debug("closing the Redis broker: %s failed: %s", what, describe(exc))
+            elif exc is not None:
+                logger.error("closing the Redis broker: %s failed", what, exc_info=exc)
         if pending:
             stacks = [
                 f"{task.get_name()}:\n{_awaiting(task)}"

@@ -530,6 +530,27 @@ def ws_frame(payload: bytes) -> bytes:
     return Frame(Opcode.TEXT, payload).serialize(mask=False)
 
 
+class GcClock:
+    """Times the server's garbage collections (``gc.callbacks``): since start, per generation,
+    and the longest pause since the last ``stats``. A collection stops the loop, so it is
+    latency every server pays in its own proportion."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = 0.0
+        self.max = 0.0  # since the last stats
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        self.count[info["generation"]] += 1
+        self.seconds += took
+        self.max = max(self.max, took)
+
+
 def _reply(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
@@ -548,6 +569,8 @@ async def server_main(
         ]()
     info = parts.info
     publisher = Publisher(parts.publish, parts.room)
+    gc_clock = GcClock()
+    gc.callbacks.append(gc_clock)
     pub_task = asyncio.create_task(publisher.run()) if publishing else None
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -569,11 +592,15 @@ async def server_main(
                     "mono": time.monotonic(),
                     "max_late": publisher.max_late,
                     "max_burst": publisher.max_burst,
+                    "gc_count": gc_clock.count,
+                    "gc_seconds": gc_clock.seconds,
+                    "gc_max": gc_clock.max,
                     **info(),
                 }
             )
             publisher.max_late = 0.0
             publisher.max_burst = 0
+            gc_clock.max = 0.0
         elif cmd == "gc":
             gc.collect()
             _reply({"ok": True})
@@ -990,7 +1017,9 @@ FULL = Config(
     high_n=50,
     high_rates=[1000, 2000, 4000, 5000, 6000, 8000],
     lat_rates=[1000, 2000],  # the steps where neither the baseline nor the load gen saturate
-    lat_repeats=5,
+    # Nine: at N = 50 p99 is about a millisecond, and one 3 s run's p99 moves 0.6-3 ms for
+    # every server alike (the host): the median of five still swung 0.9x-1.7x between runs.
+    lat_repeats=9,
     rss_ns=[1000, 5000],
     redis_n=1000,
     redis_rates=[10, 50, 100],
@@ -1042,6 +1071,10 @@ class Step:
     pub_rate: float = 0.0
     max_late_ms: float = 0.0
     max_burst: int = 0
+    #: The server's garbage collections in the window: per generation, total and longest ms.
+    gc_count: tuple[int, int, int] = (0, 0, 0)
+    gc_ms: float = 0.0
+    gc_max_ms: float = 0.0
     #: Server CPU per delivery over every run of a repeated cell (min, max), when repeated.
     cpu_range: tuple[float, float] | None = None
     #: Message frames per batched write to a subscriber (Tether only: the hub counts them).
@@ -1137,6 +1170,11 @@ def run_step(server: Target, lg: LoadGen, n: int, rate: int, cfg: Config) -> Ste
     step.pub_rate = published / span
     step.max_late_ms = s1["max_late"] * 1000
     step.max_burst = s1["max_burst"]
+    if "gc_count" in s1:
+        c0, c1 = s0["gc_count"], s1["gc_count"]
+        step.gc_count = (c1[0] - c0[0], c1[1] - c0[1], c1[2] - c0[2])
+        step.gc_ms = (s1["gc_seconds"] - s0["gc_seconds"]) * 1000
+        step.gc_max_ms = s1["gc_max"] * 1000
     if "writes" in s1 and s1["writes"] > s0["writes"]:
         step.frames_per_write = (s1["deliveries"] - s0["deliveries"]) / (
             s1["writes"] - s0["writes"]
@@ -1193,7 +1231,8 @@ def fmt_step(s: Step) -> str:
         f"p99.9 {s.p999_ms:7.1f} ms  max {s.max_ms:7.1f} ms  "
         f"srv {s.server_cpu_us:5.2f} us/deliv ({s.server_cpu_pct:3.0f}%)  "
         f"lg {s.loadgen_cpu_pct:3.0f}%  other {s.other_pct + s.steal_pct:3.0f}%  "
-        f"pub {s.pub_rate:7.1f}/s  {s.verdict}"
+        f"pub {s.pub_rate:7.1f}/s  gc {'/'.join(map(str, s.gc_count))} "
+        f"{s.gc_ms:.1f} ms (max {s.gc_max_ms:.1f})  {s.verdict}"
         + (
             f"  [redis {s.redis_cpu_us:.0f} us/publish, max {s.max_ms:.1f} ms, "
             f"conns {'+'.join(map(str, s.conns_each))}, in flight <= {s.inflight_max}, "
@@ -1637,6 +1676,12 @@ def ab_median(runs: list[Step], field: str) -> float:
     return median(values) if values else float("nan")
 
 
+def ab_range(runs: list[Step], field: str, digits: int) -> str:
+    """``min-max`` of ``field`` over the valid runs (empty when none is valid)."""
+    values = [getattr(step, field) for step in runs if step.valid]
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if values else ""
+
+
 def md_ab_cpu(res: Results, cfg: Config) -> list[str]:
     lines = [
         f"#### Server CPU per delivery at fixed rates, N = {cfg.n} "
@@ -1669,7 +1714,7 @@ def md_ab_cpu(res: Results, cfg: Config) -> list[str]:
 def md_ab_latency(res: Results, cfg: Config) -> list[str]:
     lines = [
         "#### Latency at fixed rates (interleaved runs; each figure is the median over the "
-        "valid runs of that run's figure)",
+        "valid runs of that run's figure; p99's min-max over them in brackets)",
         "",
         "| N | msgs/s | server | runs (valid, sustained) | p50 ms | p99 ms | p99.9 ms | max ms "
         "| server µs/delivery |",
@@ -1683,6 +1728,7 @@ def md_ab_latency(res: Results, cfg: Config) -> list[str]:
                 sustained = sum(s.valid and s.sustained for s in steps)
                 figures = " | ".join(
                     f"{ab_median(steps, field):.{digits}f}"
+                    + (f" ({ab_range(steps, field, digits)})" if field == "p99_ms" else "")
                     for field, digits in (
                         ("p50_ms", 1),
                         ("p99_ms", 1),
